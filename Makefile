@@ -1,0 +1,46 @@
+# Everything runs from a local virtual environment in .venv; `make run` and `make test` create it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+MODEL_NAME ?= all-mpnet-base-v2
+MODEL_PATH ?= ./models
+# Optional extra index for torch (e.g. PyTorch's CPU wheel index) so pip does not pull a CUDA build.
+TORCH_INDEX_URL ?=
+TORCH_VERSION := $(shell grep '^torch==' constraints.txt | cut -d= -f3)
+
+.PHONY: venv models run dev test lint clean
+
+$(BIN)/embedding-service: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL))
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/embedding-service
+
+models: venv
+	MODEL_PATH=$(MODEL_PATH) $(BIN)/embedding-service models pull $(MODEL_NAME)
+
+.env:
+	@key=$$($(BIN)/embedding-service keygen); \
+	  sed "s/^EMBEDDING_API_KEY=.*/EMBEDDING_API_KEY=$$key/" .env.example > .env; \
+	  echo "Created .env with a new development API key (shown once):"; echo "  $$key"
+
+run: venv models .env
+	MODEL_PATH=$(MODEL_PATH) MODEL_NAME=$(MODEL_NAME) $(BIN)/embedding-service serve
+
+dev: venv models .env
+	MODEL_PATH=$(MODEL_PATH) MODEL_NAME=$(MODEL_NAME) $(BIN)/embedding-service serve --reload
+
+test: venv
+	MODEL_PATH=$(MODEL_PATH) $(BIN)/embedding-service models pull all-mpnet-base-v2
+	MODEL_PATH=$(MODEL_PATH) $(BIN)/embedding-service models pull all-MiniLM-L6-v2
+	MODEL_PATH=$(MODEL_PATH) $(BIN)/pytest
+
+lint: venv
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

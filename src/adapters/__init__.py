@@ -1,0 +1,1 @@
+"""Adapters: implementations of the domain ports (real model backends, fakes, model sources)."""

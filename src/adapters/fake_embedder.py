@@ -1,0 +1,56 @@
+"""Deterministic fake embedder: same text -> same unit vector, in any process; usable as a real backend."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from domain.model import ModelInfo, ModelSpec, Vectors
+
+
+class FakeEmbedder:
+    def __init__(self, spec: ModelSpec, delay_per_text_s: float = 0.0) -> None:
+        self._info = ModelInfo(spec=spec, library_version="fake", device="cpu")
+        self._delay = delay_per_text_s
+        self.calls: list[int] = []
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        self.calls.append(len(texts))
+        if self._delay:
+            time.sleep(self._delay * len(texts))
+        return np.stack([self._vector(t) for t in texts]).astype(np.float32)
+
+    def _vector(self, text: str) -> Vectors:
+        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+        v = np.random.default_rng(seed).standard_normal(self._info.spec.dimension)
+        return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+class FakeEmbedderLoader:
+    """Loads a FakeEmbedder, optionally after a delay or failing, to exercise readiness."""
+
+    def __init__(
+        self, spec: ModelSpec, load_delay_s: float = 0.0, fail: bool = False, delay_per_text_s: float = 0.0
+    ) -> None:
+        self._spec = spec
+        self._load_delay = load_delay_s
+        self._fail = fail
+        self._delay_per_text = delay_per_text_s
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._spec
+
+    def load(self) -> FakeEmbedder:
+        if self._load_delay:
+            time.sleep(self._load_delay)
+        if self._fail:
+            raise RuntimeError("fake model failed to load")
+        return FakeEmbedder(self._spec, self._delay_per_text)

@@ -1,0 +1,105 @@
+"""Domain errors, defined once and free of any transport knowledge; entrypoints translate them."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every error the domain raises on purpose; `message` is safe to show to a caller."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def details(self) -> dict[str, object]:
+        return {}
+
+
+class InvalidInput(DomainError):
+    """The request is well formed but its content cannot be embedded (empty batch, duplicate ids...)."""
+
+
+class InputTooLong(DomainError):
+    def __init__(self, item_id: str | None, length: int, limit: int) -> None:
+        where = f"input with id {item_id!r}" if item_id is not None else "input"
+        super().__init__(
+            f"{where} is {length} characters long; the limit is {limit} characters. "
+            "Shorten or split the text before sending it."
+        )
+        self.item_id, self.length, self.limit = item_id, length, limit
+
+    @property
+    def details(self) -> dict[str, object]:
+        return {"id": self.item_id, "length": self.length, "limit": self.limit}
+
+
+class BatchTooLarge(DomainError):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"batch holds {size} inputs; the limit is {limit}. Split it into requests of at most {limit} inputs."
+        )
+        self.size, self.limit = size, limit
+
+    @property
+    def details(self) -> dict[str, object]:
+        return {"size": self.size, "limit": self.limit}
+
+
+class PayloadTooLarge(DomainError):
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(f"request body exceeds {limit_bytes} bytes; send fewer or shorter inputs per request.")
+        self.limit_bytes = limit_bytes
+
+    @property
+    def details(self) -> dict[str, object]:
+        return {"limit_bytes": self.limit_bytes}
+
+
+class UnknownModel(DomainError):
+    def __init__(self, requested: str, served: str, aliases: tuple[str, ...]) -> None:
+        super().__init__(
+            f"model {requested!r} is not served here; this service serves {served!r} "
+            f"(accepted names: {', '.join(aliases)})."
+        )
+        self.requested, self.served = requested, served
+
+    @property
+    def details(self) -> dict[str, object]:
+        return {"served_model": self.served}
+
+
+class UnsupportedEncodingFormat(DomainError):
+    def __init__(self, requested: str) -> None:
+        super().__init__(f"encoding_format {requested!r} is not supported; use 'float'.")
+
+
+class Unauthenticated(DomainError):
+    def __init__(self) -> None:
+        super().__init__("missing or invalid API key; send 'Authorization: Bearer <key>'.")
+
+
+class ModelNotReady(DomainError):
+    def __init__(self, model: str) -> None:
+        super().__init__(f"model {model!r} is still loading; retry shortly.")
+
+
+class Overloaded(DomainError):
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__("the service is at capacity; retry later.")
+        self.retry_after_s = retry_after_s
+
+
+class Timeout(DomainError):
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"embedding did not finish within {timeout_s:g} s; send fewer or shorter inputs.")
+
+
+class BackendFailure(DomainError):
+    """The model backend failed; the cause is logged, never shown to the caller."""
+
+    def __init__(self) -> None:
+        super().__init__("the embedding backend failed; retry later.")
+
+
+class ModelIntegrityError(DomainError):
+    """Model weights on disk or from a source do not match the pinned checksum."""

@@ -1,0 +1,91 @@
+"""Value types of the embedding domain."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+Vectors = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model this service knows how to provision, pinned to an exact upstream revision and checksum."""
+
+    name: str
+    hub_id: str
+    revision: str
+    weights_sha256: str
+    weights_bytes: int
+    dimension: int
+    max_seq_length: int
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        return (self.name, self.hub_id)
+
+    def answers_to(self, requested: str) -> bool:
+        return requested in self.aliases
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a loaded embedder reports about itself."""
+
+    spec: ModelSpec
+    library_version: str
+    device: str
+
+
+@dataclass(frozen=True)
+class TextItem:
+    id: str | None
+    text: str
+
+
+@dataclass(frozen=True)
+class EmbeddedItem:
+    id: str | None
+    index: int
+    embedding: npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_input_length: int
+    max_batch_size: int
+
+
+KNOWN_MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="all-mpnet-base-v2",
+            hub_id="sentence-transformers/all-mpnet-base-v2",
+            revision="e8c3b32edf5434bc2275fc9bab85f82640a19130",
+            weights_sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+            weights_bytes=437971872,
+            dimension=768,
+            max_seq_length=384,
+        ),
+        ModelSpec(
+            name="all-MiniLM-L6-v2",
+            hub_id="sentence-transformers/all-MiniLM-L6-v2",
+            revision="1110a243fdf4706b3f48f1d95db1a4f5529b4d41",
+            weights_sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+            weights_bytes=90868376,
+            dimension=384,
+            max_seq_length=256,
+        ),
+    )
+}
+
+
+def resolve_model(name: str) -> ModelSpec:
+    """Find a known model by short name or hub id."""
+    for spec in KNOWN_MODELS.values():
+        if spec.answers_to(name):
+            return spec
+    raise KeyError(f"unknown model {name!r}; known: {', '.join(KNOWN_MODELS)}")

@@ -1,0 +1,1 @@
+"""Entrypoints: settings, the dependency-injection container, the HTTP app and the CLI."""

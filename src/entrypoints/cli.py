@@ -1,0 +1,96 @@
+"""Command line: `embedding-service serve`, `embedding-service models pull NAME`, `embedding-service keygen`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import secrets
+import sys
+from pathlib import Path
+
+from domain.model import KNOWN_MODELS, resolve_model
+from entrypoints.container import build_container
+from entrypoints.settings import LOG_DATEFMT, LOG_FORMAT, ConfigurationError, Settings, check_startup, configure_logging
+
+log = logging.getLogger("entrypoints.cli")
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = Settings()
+    try:
+        check_startup(settings)
+    except ConfigurationError as exc:
+        log.error("%s", exc)
+        return 2
+    log_config = uvicorn.config.LOGGING_CONFIG | {
+        "formatters": {
+            name: {"()": "logging.Formatter", "fmt": LOG_FORMAT, "datefmt": LOG_DATEFMT}
+            for name in ("default", "access")
+        }
+    }
+    uvicorn.run(
+        "entrypoints.http.app:create_app",
+        factory=True,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        reload=args.reload,
+        reload_dirs=[str(Path(__file__).resolve().parents[1])] if args.reload else None,
+        workers=1,
+        log_config=log_config,
+    )
+    return 0
+
+
+def pull(args: argparse.Namespace) -> int:
+    overrides: dict[str, object] = {"model_name": resolve_model(args.name).name}
+    if args.path:
+        overrides["model_path"] = Path(args.path)
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    container = build_container(settings)
+    try:
+        folder = container.provisioner().ensure(container.model_spec())
+    except Exception as exc:
+        log.error("could not provision %s: %s", args.name, exc)
+        return 1
+    print(folder)
+    return 0
+
+
+def keygen(_: argparse.Namespace) -> int:
+    print(secrets.token_urlsafe(32))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="embedding-service", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+
+    serve_cmd = commands.add_parser("serve", help="serve the HTTP API (settings from env and .env)")
+    serve_cmd.add_argument("--host")
+    serve_cmd.add_argument("--port", type=int)
+    serve_cmd.add_argument("--reload", action="store_true", help="restart on source changes (development)")
+    serve_cmd.set_defaults(func=serve)
+
+    models = commands.add_parser("models", help="manage model weights under MODEL_PATH")
+    models_cmd = models.add_subparsers(dest="models_command", required=True)
+    pull_cmd = models_cmd.add_parser("pull", help="download and verify a model ahead of time")
+    pull_cmd.add_argument("name", choices=sorted({a for s in KNOWN_MODELS.values() for a in s.aliases}))
+    pull_cmd.add_argument("--path", help="model folder root (default: MODEL_PATH)")
+    pull_cmd.set_defaults(func=pull)
+
+    keygen_cmd = commands.add_parser("keygen", help="print a new random API key")
+    keygen_cmd.set_defaults(func=keygen)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
+    args = parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

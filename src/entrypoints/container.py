@@ -1,0 +1,86 @@
+"""Composition root: builds adapters and use cases from Settings with dependency-injector."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dependency_injector import containers, providers
+
+from adapters.fake_embedder import FakeEmbedderLoader
+from adapters.model_provisioning import (
+    HuggingFaceHubModelSource,
+    ModelSource,
+    PyPIModelSource,
+    VerifiedModelProvisioner,
+)
+from domain.model import Limits, ModelSpec, resolve_model
+from domain.ports import EmbedderLoader, ModelProvisioner
+from domain.services import InferenceScheduler, ModelHost
+from domain.use_cases import AuthenticateCaller, EmbedBatch, EmbedOne, GetHealth, GetMetadata
+from entrypoints.settings import Settings
+
+
+def model_sources(offline: bool, endpoint: str | None, token: str | None) -> list[ModelSource]:
+    hub: list[ModelSource] = [] if offline else [HuggingFaceHubModelSource(endpoint, token)]
+    return [*hub, PyPIModelSource()]
+
+
+def sentence_transformer_loader(spec: ModelSpec, provisioner: ModelProvisioner, device: str) -> EmbedderLoader:
+    # Imported here so torch is only loaded when this backend is selected.
+    from adapters.sentence_transformer_embedder import SentenceTransformerLoader
+
+    return SentenceTransformerLoader(spec, provisioner, device)
+
+
+def secret(value: object) -> str | None:
+    getter = getattr(value, "get_secret_value", None)
+    return getter() if getter else (str(value) if value else None)
+
+
+class Container(containers.DeclarativeContainer):
+    config = providers.Configuration(strict=True)
+
+    model_spec = providers.Callable(resolve_model, config.model_name)
+
+    provisioner = providers.Singleton(
+        VerifiedModelProvisioner,
+        root=providers.Callable(Path, config.model_path),
+        sources=providers.Callable(
+            model_sources,
+            offline=config.hf_hub_offline,
+            endpoint=config.hf_endpoint,
+            token=providers.Callable(secret, config.hf_token),
+        ),
+    )
+
+    loader = providers.Selector(
+        config.embedder_backend,
+        sentence_transformers=providers.Singleton(
+            sentence_transformer_loader, model_spec, provisioner, config.device
+        ),
+        fake=providers.Singleton(FakeEmbedderLoader, model_spec),
+    )
+
+    host = providers.Singleton(ModelHost, loader)
+    scheduler = providers.Singleton(
+        InferenceScheduler,
+        max_workers=config.max_workers,
+        max_queue=config.max_queue,
+        timeout_s=config.timeout_seconds,
+        micro_batch_size=config.micro_batch_size,
+    )
+    limits = providers.Singleton(
+        Limits, max_input_length=config.max_input_length, max_batch_size=config.max_batch_size
+    )
+
+    embed_one = providers.Factory(EmbedOne, host, scheduler, limits)
+    embed_batch = providers.Factory(EmbedBatch, host, scheduler, limits)
+    get_health = providers.Factory(GetHealth, host)
+    get_metadata = providers.Factory(GetMetadata, host)
+    authenticate = providers.Singleton(AuthenticateCaller, config.api_keys)
+
+
+def build_container(settings: Settings) -> Container:
+    container = Container()
+    container.config.from_dict({**settings.model_dump(), "api_keys": settings.api_keys()})
+    return container

@@ -1,0 +1,1 @@
+"""HTTP entrypoint: translates HTTP requests to use cases and domain errors to HTTP responses."""

@@ -1,0 +1,164 @@
+"""FastAPI application: routes translate HTTP <-> use cases; domain errors map through one table."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from domain.errors import DomainError
+from domain.model import EmbeddedItem, TextItem
+from domain.use_cases import EmbedBatch, EmbedOne, GetHealth, GetMetadata
+from entrypoints.container import Container, build_container
+from entrypoints.http.errors import domain_error_response, error_body, internal_error_response
+from entrypoints.http.middleware import AccessLog, BodySizeLimit
+from entrypoints.http.schemas import (
+    EmbedBatchRequest,
+    EmbedBatchResponse,
+    EmbedRequest,
+    EmbedResponse,
+    ErrorResponse,
+    HealthResponse,
+    MetadataResponse,
+)
+from entrypoints.settings import Settings, check_startup
+
+log = logging.getLogger(__name__)
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 500, 503, 504)
+}
+
+
+class FastJSONResponse(JSONResponse):
+    """Compact JSON without re-validating thousands of floats through pydantic."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def container_of(request: Request) -> Container:
+    container: Container = request.app.state.container
+    return container
+
+
+def embed_one(request: Request) -> EmbedOne:
+    return container_of(request).embed_one()
+
+
+def embed_batch(request: Request) -> EmbedBatch:
+    return container_of(request).embed_batch()
+
+
+def get_health(request: Request) -> GetHealth:
+    return container_of(request).get_health()
+
+
+def get_metadata(request: Request) -> GetMetadata:
+    return container_of(request).get_metadata()
+
+
+def authenticated(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+    scheme, _, token = (authorization or "").partition(" ")
+    presented = token.strip() if scheme.lower() == "bearer" else None
+    container_of(request).authenticate().execute(presented)
+
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    check_startup(settings)
+    container = build_container(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        container.host().start()
+        try:
+            yield
+        finally:
+            container.scheduler().shutdown()
+
+    app = FastAPI(title="embedding-service", version="0.1.0", lifespan=lifespan)
+    app.state.container = container
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessLog)
+
+    @app.exception_handler(DomainError)
+    async def on_domain_error(_: Request, exc: DomainError) -> JSONResponse:
+        return domain_error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"location": ".".join(str(p) for p in err.get("loc", ())), "message": err.get("msg", "")}
+            for err in exc.errors()
+        ]
+        summary = "; ".join(f"{p['location']}: {p['message']}" for p in problems)
+        return JSONResponse(error_body("invalid_request", f"invalid request body: {summary}",
+                                       problems=problems), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(kind, str(exc.detail)), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled %s", type(exc).__name__, exc_info=exc)
+        return internal_error_response()
+
+    auth = [Depends(authenticated)]
+
+    @app.post("/embed", response_model=EmbedResponse, responses=ERRORS, dependencies=auth,
+              response_class=FastJSONResponse)
+    async def embed(body: EmbedRequest, use_case: Annotated[EmbedOne, Depends(embed_one)]) -> Response:
+        result = await use_case.execute(body.input, body.model, body.encoding_format)
+        log.info("embedded 1 text (%d chars)", len(body.input))
+        item = result.items[0]
+        return FastJSONResponse({
+            "object": "list",
+            "model": result.model,
+            "data": [{"object": "embedding", "embedding": item.embedding.tolist(), "index": item.index}],
+        })
+
+    @app.post("/embed/batch", response_model=EmbedBatchResponse, responses=ERRORS, dependencies=auth,
+              response_class=FastJSONResponse)
+    async def embed_many(
+        body: EmbedBatchRequest, use_case: Annotated[EmbedBatch, Depends(embed_batch)]
+    ) -> Response:
+        items = [TextItem(id=i.id, text=i.text) for i in body.inputs]
+        result = await use_case.execute(items, body.model, body.encoding_format)
+        log.info("embedded batch of %d texts (%d chars)", len(items), sum(len(i.text) for i in items))
+        return FastJSONResponse({
+            "object": "list",
+            "model": result.model,
+            "data": [
+                {"id": item.id, "object": "embedding", "embedding": item.embedding.tolist()}
+                for item in result.items
+            ],
+        })
+
+    @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+    async def health(use_case: Annotated[GetHealth, Depends(get_health)]) -> JSONResponse:
+        report = use_case.execute()
+        body = HealthResponse(status=report.status, model=report.model, ready=report.ready)
+        return JSONResponse(body.model_dump(), 200 if report.ready else 503)
+
+    @app.get("/metadata", response_model=MetadataResponse, responses=ERRORS, dependencies=auth)
+    async def metadata(use_case: Annotated[GetMetadata, Depends(get_metadata)]) -> MetadataResponse:
+        info = use_case.execute()
+        spec = info.spec
+        return MetadataResponse(
+            model=spec.name, hub_id=spec.hub_id, dimension=spec.dimension, max_seq_length=spec.max_seq_length,
+            revision=spec.revision, weights_sha256=spec.weights_sha256, library="sentence-transformers",
+            library_version=info.library_version, device=info.device,
+        )
+
+    return app
