@@ -91,15 +91,18 @@ class InferenceScheduler:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max_workers)
         slots = self._slots
-        if self._waiting >= self._max_queue:
-            raise Overloaded(retry_after_s=max(1, round(self._timeout_s / 2)))
-        self._waiting += 1
-        try:
-            await asyncio.wait_for(slots.acquire(), timeout=max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            raise Timeout(self._timeout_s) from None
-        finally:
-            self._waiting -= 1
+        if slots.locked():
+            if self._waiting >= self._max_queue:
+                raise Overloaded(retry_after_s=max(1, round(self._timeout_s / 2)))
+            self._waiting += 1
+            try:
+                await asyncio.wait_for(slots.acquire(), timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise Timeout(self._timeout_s) from None
+            finally:
+                self._waiting -= 1
+        else:
+            await slots.acquire()
         cancelled = threading.Event()
         future = asyncio.get_running_loop().run_in_executor(
             self._executor, self._compute, embedder, list(texts), cancelled, deadline

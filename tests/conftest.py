@@ -1,0 +1,13 @@
+"""Pytest configuration: hypothesis profile and the environment the suite runs in."""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import settings
+
+settings.register_profile("default", max_examples=60, deadline=None)
+settings.load_profile("default")
+
+for variable in ("PEOPLEPAD_CLIENT_KEY", "EMBEDDING_API_KEY", "ALLOW_UNAUTHENTICATED", "EMBEDDER_BACKEND"):
+    os.environ.pop(variable, None)

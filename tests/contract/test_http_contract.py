@@ -1,0 +1,316 @@
+"""The peoplepad HTTP contract, pinned as whole JSON bodies on the deterministic fake embedder."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from dependency_injector import providers
+from fastapi.testclient import TestClient
+
+from adapters.fake_embedder import FakeEmbedder, FakeEmbedderLoader
+from domain.model import KNOWN_MODELS
+from entrypoints.http.app import create_app
+from entrypoints.settings import LOG_DATEFMT, LOG_FORMAT, ConfigurationError
+from tests.support import API_KEY, AUTH, fake_settings, wait_ready
+
+SPEC = KNOWN_MODELS["all-mpnet-base-v2"]
+
+
+def vector(text: str) -> list[float]:
+    values: list[float] = FakeEmbedder(SPEC).embed([text])[0].tolist()
+    return values
+
+
+@pytest.fixture()
+def client() -> Iterator[TestClient]:
+    app = create_app(fake_settings(max_input_length=50, max_batch_size=100))
+    with TestClient(app) as test_client:
+        wait_ready(test_client)
+        yield test_client
+
+
+def error(response: Any) -> dict[str, Any]:
+    body: dict[str, Any] = response.json()["error"]
+    return body
+
+
+def test_embed_single_text(client: TestClient) -> None:
+    response = client.post(
+        "/embed", json={"input": "Ada Lovelace", "model": "all-mpnet-base-v2", "encoding_format": "float"},
+        headers=AUTH,
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {
+        "object": "list",
+        "model": "all-mpnet-base-v2",
+        "data": [{"object": "embedding", "embedding": vector("Ada Lovelace"), "index": 0}],
+    }
+    assert len(response.json().get("data", [{}])[0].get("embedding")) == 768
+
+
+def test_embed_batch_echoes_ids_in_order(client: TestClient) -> None:
+    inputs = [{"id": f"6f1c2a5e-0000-4000-8000-{i:012d}", "text": f"contact {i}"} for i in range(100)]
+    response = client.post("/embed/batch", json={"inputs": inputs, "model": "sentence-transformers/all-mpnet-base-v2",
+                                                 "encoding_format": "float"}, headers=AUTH)
+    assert response.status_code == 200
+    assert response.json() == {
+        "object": "list",
+        "model": "all-mpnet-base-v2",
+        "data": [{"id": i["id"], "object": "embedding", "embedding": vector(i["text"])} for i in inputs],
+    }
+
+
+def test_health_when_ready(client: TestClient) -> None:
+    response = client.get("/health")
+    assert (response.status_code, response.json()) == (200, {"status": "ok", "model": "all-mpnet-base-v2",
+                                                             "ready": True})
+
+
+def test_metadata(client: TestClient) -> None:
+    response = client.get("/metadata", headers=AUTH)
+    assert response.status_code == 200
+    assert response.json() == {
+        "model": "all-mpnet-base-v2",
+        "hub_id": "sentence-transformers/all-mpnet-base-v2",
+        "dimension": 768,
+        "max_seq_length": 384,
+        "revision": "e8c3b32edf5434bc2275fc9bab85f82640a19130",
+        "weights_sha256": "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+        "library": "sentence-transformers",
+        "library_version": "fake",
+        "device": "cpu",
+    }
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY},
+                                     {"Authorization": f"Basic {API_KEY}"}])
+def test_missing_or_invalid_key_is_401(client: TestClient, headers: dict[str, str]) -> None:
+    for method, path, body in [("post", "/embed", {"input": "x"}), ("post", "/embed/batch", {"inputs": []}),
+                               ("get", "/metadata", None)]:
+        response = client.request(method, path, json=body, headers=headers)
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert response.json() == {"error": {"type": "unauthenticated", "message":
+                                             "missing or invalid API key; send 'Authorization: Bearer <key>'."}}
+
+
+def test_both_configured_keys_are_accepted() -> None:
+    app = create_app(fake_settings(peoplepad_client_key="peoplepad-key", embedding_api_key="other-key"))
+    with TestClient(app) as client:
+        wait_ready(client)
+        for key in ("peoplepad-key", "other-key"):
+            assert client.post("/embed", json={"input": "x"},
+                               headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+def test_text_too_long_is_400_naming_the_record(client: TestClient) -> None:
+    response = client.post("/embed/batch", json={"inputs": [{"id": "a", "text": "ok"}, {"id": "b", "text": "x" * 51}]},
+                           headers=AUTH)
+    assert response.status_code == 400
+    assert response.json() == {"error": {
+        "type": "input_too_long",
+        "message": "input with id 'b' is 51 characters long; the limit is 50 characters. "
+                   "Shorten or split the text before sending it.",
+        "id": "b", "length": 51, "limit": 50,
+    }}
+    single = client.post("/embed", json={"input": "y" * 51}, headers=AUTH)
+    assert (single.status_code, error(single)["type"], error(single)["id"]) == (400, "input_too_long", None)
+
+
+def test_batch_over_limit_is_413_with_guidance(client: TestClient) -> None:
+    inputs = [{"id": str(i), "text": "t"} for i in range(101)]
+    response = client.post("/embed/batch", json={"inputs": inputs}, headers=AUTH)
+    assert response.status_code == 413
+    assert response.json() == {"error": {
+        "type": "batch_too_large",
+        "message": "batch holds 101 inputs; the limit is 100. Split it into requests of at most 100 inputs.",
+        "size": 101, "limit": 100,
+    }}
+
+
+PAYLOAD_TOO_LARGE = {"error": {
+    "type": "payload_too_large",
+    "message": "request body exceeds 1048576 bytes; send fewer or shorter inputs per request.",
+    "limit_bytes": 1048576,
+}}
+
+
+def test_body_over_1mb_is_413_by_content_length(client: TestClient) -> None:
+    response = client.post("/embed", content=b'{"input": "' + b"x" * 1_048_576 + b'"}',
+                           headers={**AUTH, "content-type": "application/json"})
+    assert (response.status_code, response.json()) == (413, PAYLOAD_TOO_LARGE)
+
+
+def test_body_over_1mb_is_413_on_bytes_read_without_content_length(client: TestClient) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"input": "'
+        for _ in range(20):
+            yield b"x" * 65536
+        yield b'"}'
+
+    response = client.post("/embed", content=chunks(), headers={**AUTH, "content-type": "application/json"})
+    assert "content-length" not in response.request.headers
+    assert (response.status_code, response.json()) == (413, PAYLOAD_TOO_LARGE)
+
+
+def test_lying_content_length_does_not_bypass_the_cap() -> None:
+    import asyncio
+
+    from entrypoints.http.middleware import BodySizeLimit
+
+    reached: list[bool] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(True)
+
+    sent: list[dict[str, Any]] = []
+    chunks = [{"type": "http.request", "body": b"x" * 600, "more_body": True},
+              {"type": "http.request", "body": b"x" * 600, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return chunks.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/embed", "headers": [(b"content-length", b"10")]}
+    asyncio.run(BodySizeLimit(app, max_bytes=1000)(scope, receive, send))
+    assert reached == []
+    assert sent[0]["status"] == 413
+
+
+def test_unknown_model_is_400_naming_the_served_model(client: TestClient) -> None:
+    response = client.post("/embed", json={"input": "x", "model": "all-MiniLM-L6-v2"}, headers=AUTH)
+    assert response.status_code == 400
+    assert response.json() == {"error": {
+        "type": "unknown_model",
+        "message": "model 'all-MiniLM-L6-v2' is not served here; this service serves 'all-mpnet-base-v2' "
+                   "(accepted names: all-mpnet-base-v2, sentence-transformers/all-mpnet-base-v2).",
+        "served_model": "all-mpnet-base-v2",
+    }}
+
+
+def test_encoding_format_other_than_float_is_400(client: TestClient) -> None:
+    response = client.post("/embed", json={"input": "x", "encoding_format": "base64"}, headers=AUTH)
+    assert (response.status_code, response.json()) == (400, {"error": {
+        "type": "unsupported_encoding_format",
+        "message": "encoding_format 'base64' is not supported; use 'float'.",
+    }})
+
+
+@pytest.mark.parametrize("body", [{"inputs": [{"text": "no id"}]}, {"inputs": [{"id": "", "text": "x"}]},
+                                  {"texts": "wrong shape"}, {"inputs": [{"id": "a"}]}])
+def test_malformed_batch_is_422_with_a_json_message(client: TestClient, body: dict[str, Any]) -> None:
+    response = client.post("/embed/batch", json=body, headers=AUTH)
+    assert response.status_code == 422
+    assert error(response)["type"] == "invalid_request"
+    assert error(response)["message"].startswith("invalid request body: body.inputs")
+
+
+def test_empty_and_duplicate_batches_are_400(client: TestClient) -> None:
+    empty = client.post("/embed/batch", json={"inputs": []}, headers=AUTH)
+    assert (empty.status_code, error(empty)["type"]) == (400, "invalid_input")
+    dup = client.post("/embed/batch", json={"inputs": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]},
+                      headers=AUTH)
+    assert (dup.status_code, dup.json()) == (400, {"error": {"type": "invalid_input",
+                                                             "message": "ids must be unique within a batch."}})
+
+
+def test_invalid_json_is_422(client: TestClient) -> None:
+    response = client.post("/embed", content=b"{not json", headers={**AUTH, "content-type": "application/json"})
+    assert (response.status_code, error(response)["type"]) == (422, "invalid_request")
+
+
+def test_unknown_route_is_json_404(client: TestClient) -> None:
+    response = client.get("/embeddings")
+    assert (response.status_code, response.json()) == (404, {"error": {"type": "not_found", "message": "Not Found"}})
+
+
+def test_timeout_is_504_and_frees_the_model() -> None:
+    app = create_app(fake_settings(timeout_seconds=0.3, micro_batch_size=1))
+    app.state.container.loader.override(providers.Object(FakeEmbedderLoader(SPEC, delay_per_text_s=0.1)))
+    with TestClient(app) as client:
+        wait_ready(client)
+        slow = client.post("/embed/batch", json={"inputs": [{"id": str(i), "text": f"t{i}"} for i in range(30)]},
+                           headers=AUTH)
+        assert (slow.status_code, slow.json()) == (504, {"error": {
+            "type": "timeout", "message": "embedding did not finish within 0.3 s; send fewer or shorter inputs."}})
+        assert client.post("/embed", json={"input": "quick"}, headers=AUTH).status_code == 200
+
+
+def test_503_not_ready_while_the_model_loads() -> None:
+    app = create_app(fake_settings())
+    app.state.container.loader.override(providers.Object(FakeEmbedderLoader(SPEC, load_delay_s=1.0)))
+    with TestClient(app) as client:
+        health = client.get("/health")
+        assert (health.status_code, health.json()) == (503, {"status": "loading", "model": "all-mpnet-base-v2",
+                                                             "ready": False})
+        embed = client.post("/embed", json={"input": "x"}, headers=AUTH)
+        assert embed.status_code == 503
+        assert embed.headers["retry-after"] == "5"
+        assert error(embed) == {"type": "model_not_ready",
+                                "message": "model 'all-mpnet-base-v2' is still loading; retry shortly."}
+        assert wait_ready(client)["ready"] is True
+
+
+def test_failed_model_load_keeps_health_503() -> None:
+    app = create_app(fake_settings())
+    app.state.container.loader.override(providers.Object(FakeEmbedderLoader(SPEC, fail=True)))
+    with TestClient(app) as client:
+        for _ in range(100):
+            health = client.get("/health")
+            if health.json()["status"] != "loading":
+                break
+        assert (health.status_code, health.json()) == (503, {"status": "error", "model": "all-mpnet-base-v2",
+                                                             "ready": False})
+
+
+def test_unexpected_errors_are_generic_500s() -> None:
+    app = create_app(fake_settings())
+    app.state.container.limits.override(providers.Object(None))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        wait_ready(client)
+        response = client.post("/embed", json={"input": "x"}, headers=AUTH)
+        assert (response.status_code, response.json()) == (500, {"error": {"type": "internal_error",
+                                                                           "message": "internal server error"}})
+
+
+def test_refuses_to_start_without_keys_unless_allowed() -> None:
+    with pytest.raises(ConfigurationError, match="PEOPLEPAD_CLIENT_KEY or EMBEDDING_API_KEY"):
+        create_app(fake_settings(embedding_api_key=None))
+    app = create_app(fake_settings(embedding_api_key=None, allow_unauthenticated=True))
+    with TestClient(app) as client:
+        wait_ready(client)
+        assert client.post("/embed", json={"input": "x"}).status_code == 200
+
+
+def test_openapi_paths_snapshot(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert {path: sorted(ops) for path, ops in spec["paths"].items()} == {
+        "/embed": ["post"],
+        "/embed/batch": ["post"],
+        "/health": ["get"],
+        "/metadata": ["get"],
+    }
+    assert spec["components"]["schemas"]["EmbedBatchRequest"]["required"] == ["inputs"]
+    assert spec["components"]["schemas"]["BatchInput"]["required"] == ["id", "text"]
+
+
+def test_logs_use_the_agreed_format_and_never_keys_or_texts(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert LOG_FORMAT == "%(asctime)s.%(msecs)03d %(levelname)s %(name)s - %(message)s"
+    assert LOG_DATEFMT == "%Y-%m-%d %H:%M:%S"
+    secret_text = "Private note about Grace Hopper's phone number"
+    with caplog.at_level(logging.DEBUG):
+        client.post("/embed", json={"input": secret_text}, headers=AUTH)
+        client.post("/embed/batch", json={"inputs": [{"id": "r1", "text": secret_text}]}, headers=AUTH)
+        client.post("/embed", json={"input": secret_text}, headers={"Authorization": "Bearer wrong-key-xyz"})
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "POST /embed 200" in logged
+    for leak in (secret_text, "Grace", API_KEY, "wrong-key-xyz"):
+        assert leak not in logged

@@ -1,0 +1,41 @@
+"""Shared test helpers: settings on the fake backend, waiting for readiness, model folders."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from entrypoints.settings import Settings
+
+API_KEY = "test-key-0123456789"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+MODEL_ROOT = Path(os.environ.get("MODEL_PATH", "./models")).resolve()
+
+
+def fake_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {"embedder_backend": "fake", "embedding_api_key": API_KEY, "model_path": MODEL_ROOT}
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def wait_ready(client: TestClient, timeout_s: float = 120.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = client.get("/health")
+        if response.status_code == 200:
+            body: dict[str, Any] = response.json()
+            return body
+        time.sleep(0.02)
+    raise AssertionError(f"service not ready after {timeout_s} s: {response.json()}")
+
+
+def model_dir(name: str) -> Path:
+    folder = MODEL_ROOT / name
+    if not (folder / "model.safetensors").is_file():
+        pytest.fail(f"{folder} missing: run `make models` / `embedding-service models pull {name}` first")
+    return folder

@@ -1,0 +1,64 @@
+"""The hexagon's boundaries, checked on the source: which layer may import what."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def imported_modules(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return {name.split(".")[0] for name in names} | names
+
+
+def files(package: str) -> list[Path]:
+    return sorted((SRC / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", files("domain"), ids=lambda p: str(p.relative_to(SRC)))
+def test_domain_imports_no_framework_or_outer_layer(path: Path) -> None:
+    forbidden = {"adapters", "entrypoints", "fastapi", "starlette", "torch", "sentence_transformers",
+                 "transformers", "pydantic", "dependency_injector", "huggingface_hub"}
+    assert imported_modules(path).isdisjoint(forbidden), path
+
+
+@pytest.mark.parametrize("path", files("entrypoints/http"), ids=lambda p: str(p.relative_to(SRC)))
+def test_http_entrypoint_never_imports_adapters_or_ml(path: Path) -> None:
+    forbidden = {"adapters", "torch", "sentence_transformers", "transformers"}
+    assert imported_modules(path).isdisjoint(forbidden), path
+
+
+def test_only_the_sentence_transformer_adapter_imports_torch() -> None:
+    importing = {
+        str(p.relative_to(SRC))
+        for p in SRC.rglob("*.py")
+        if imported_modules(p) & {"torch", "sentence_transformers"}
+    }
+    assert importing == {"adapters/sentence_transformer_embedder.py"}
+
+
+@pytest.mark.parametrize("path", files("adapters"), ids=lambda p: str(p.relative_to(SRC)))
+def test_adapters_do_not_import_entrypoints(path: Path) -> None:
+    assert "entrypoints" not in imported_modules(path)
+
+
+def test_creating_the_app_on_the_fake_does_not_load_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from entrypoints.http.app import create_app; from entrypoints.settings import Settings;"
+        "create_app(Settings(_env_file=None, embedder_backend='fake', allow_unauthenticated=True));"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

