@@ -1,0 +1,104 @@
+"""The real weights through HTTP: vectors equal direct sentence-transformers encode of the same weights."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sentence_transformers import SentenceTransformer
+
+from entrypoints.http.app import create_app
+from tests.support import AUTH, MODEL_ROOT, fake_settings, model_dir, wait_ready
+
+pytestmark = pytest.mark.integration
+
+TEXTS = [
+    "Ada Lovelace, analyst and metaphysician, London",
+    "Met Grace at the compilers meetup; follow up about COBOL docs",
+    "dentist appointment",
+    "",
+    "Émile Zola — écrivain, Paris 🇫🇷",
+    "word " * 600,  # beyond max_seq_length: truncated by the model, not rejected
+]
+
+
+def served(model_name: str) -> TestClient:
+    settings = fake_settings(embedder_backend="sentence_transformers", model_name=model_name,
+                             model_path=MODEL_ROOT, hf_hub_offline=True, device="cpu", timeout_seconds=60)
+    return TestClient(create_app(settings))
+
+
+@pytest.fixture(scope="module")
+def mpnet() -> Iterator[TestClient]:
+    model_dir("all-mpnet-base-v2")
+    with served("all-mpnet-base-v2") as client:
+        wait_ready(client)
+        yield client
+
+
+@pytest.fixture(scope="module")
+def direct_mpnet() -> SentenceTransformer:
+    return SentenceTransformer(str(model_dir("all-mpnet-base-v2")), device="cpu")
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_mpnet_batch_over_http_matches_direct_encode(mpnet: TestClient, direct_mpnet: SentenceTransformer) -> None:
+    inputs = [{"id": str(uuid.uuid4()), "text": t} for t in TEXTS]
+    response = mpnet.post("/embed/batch", json={"inputs": inputs, "model": "all-mpnet-base-v2",
+                                                "encoding_format": "float"}, headers=AUTH)
+    assert response.status_code == 200
+    data = response.json()["data"]
+    assert [d["id"] for d in data] == [i["id"] for i in inputs]
+    served_vectors = np.array([d["embedding"] for d in data], dtype=np.float32)
+    direct = direct_mpnet.encode(TEXTS, normalize_embeddings=True)
+    assert served_vectors.shape == (len(TEXTS), 768)
+    assert cosines(served_vectors, direct).min() >= 0.99999
+    np.testing.assert_allclose(np.linalg.norm(served_vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_mpnet_single_over_http_matches_direct_encode(mpnet: TestClient, direct_mpnet: SentenceTransformer) -> None:
+    response = mpnet.post("/embed", json={"input": TEXTS[0], "model": "sentence-transformers/all-mpnet-base-v2"},
+                          headers=AUTH)
+    vector = np.array([response.json().get("data", [{}])[0].get("embedding")], dtype=np.float32)
+    direct = direct_mpnet.encode([TEXTS[0]], normalize_embeddings=True)
+    assert cosines(vector, direct)[0] >= 0.99999
+
+
+def test_peoplepad_sized_batch_finishes_well_inside_its_30s_timeout(mpnet: TestClient) -> None:
+    inputs = [{"id": str(uuid.uuid4()), "text": f"Contact {i}: Jane Doe, ACME Corp, jane{i}@example.com, met at "
+                                                  f"conference {i % 7}"} for i in range(100)]
+    started = time.monotonic()
+    response = mpnet.post("/embed/batch", json={"inputs": inputs}, headers=AUTH)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    assert len(response.json()["data"]) == 100
+    assert elapsed < 30, f"100 records took {elapsed:.1f} s"
+
+
+def test_mpnet_metadata_reports_the_loaded_model(mpnet: TestClient, direct_mpnet: SentenceTransformer) -> None:
+    import sentence_transformers
+
+    body = mpnet.get("/metadata", headers=AUTH).json()
+    assert body["dimension"] == direct_mpnet.get_embedding_dimension() == 768
+    assert body["max_seq_length"] == direct_mpnet.max_seq_length == 384
+    assert body["library_version"] == sentence_transformers.__version__
+    assert body["weights_sha256"] == "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
+    assert mpnet.get("/health").json() == {"status": "ok", "model": "all-mpnet-base-v2", "ready": True}
+
+
+def test_minilm_container_choice_serves_384_dimensions() -> None:
+    direct = SentenceTransformer(str(model_dir("all-MiniLM-L6-v2")), device="cpu")
+    with served("all-MiniLM-L6-v2") as client:
+        wait_ready(client)
+        response = client.post("/embed", json={"input": TEXTS[1], "model": "all-MiniLM-L6-v2"}, headers=AUTH)
+        assert response.json()["model"] == "all-MiniLM-L6-v2"
+        vector = np.array([response.json()["data"][0]["embedding"]], dtype=np.float32)
+    assert vector.shape == (1, 384)
+    assert cosines(vector, direct.encode([TEXTS[1]], normalize_embeddings=True))[0] >= 0.99999
