@@ -33,13 +33,14 @@ run: venv models .env
 dev: venv models .env
 	MODEL_PATH=$(MODEL_PATH) MODEL_NAME=$(MODEL_NAME) $(BIN)/embedding-service serve --reload
 
-test: venv
+test: venv lint
 	MODEL_PATH=$(MODEL_PATH) $(BIN)/embedding-service models pull all-mpnet-base-v2
 	MODEL_PATH=$(MODEL_PATH) $(BIN)/embedding-service models pull all-MiniLM-L6-v2
 	MODEL_PATH=$(MODEL_PATH) $(BIN)/pytest
 
 lint: venv
 	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
 
 clean:

@@ -21,7 +21,7 @@ def serve_fake_hub(repo_id: str, revision: str, folder: Path, corrupt: set[str] 
             prefix = f"/{repo_id}/resolve/{revision}/"
             if not self.path.startswith(prefix):
                 return None
-            name = self.path[len(prefix):].split("?")[0]
+            name = self.path[len(prefix) :].split("?")[0]
             path = folder / name
             if not path.is_file():
                 return None
@@ -37,7 +37,7 @@ def serve_fake_hub(repo_id: str, revision: str, folder: Path, corrupt: set[str] 
             self.send_header("X-Repo-Commit", revision)
             self.end_headers()
 
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             requests.append(f"HEAD {self.path}")
             found = self._resolve()
             if found is None:
@@ -45,7 +45,7 @@ def serve_fake_hub(repo_id: str, revision: str, folder: Path, corrupt: set[str] 
                 return
             self._headers(found[0])
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             requests.append(f"GET {self.path}")
             found = self._resolve()
             if found is None:

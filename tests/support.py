@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -39,3 +43,34 @@ def model_dir(name: str) -> Path:
     if not (folder / "model.safetensors").is_file():
         pytest.fail(f"{folder} missing: run `make models` / `embedding-service models pull {name}` first")
     return folder
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def serve(env: dict[str, str], tmp_path: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "entrypoints.cli", "serve", "--host", "127.0.0.1", "--port", env["PORT"]],
+        env={**os.environ, "EMBEDDER_BACKEND": "fake", **env},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_http_ready(process: subprocess.Popen[str], port: int, timeout_s: float = 60) -> str:
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{base}/health").status_code == 200:
+                return base
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline and process.poll() is None, "server did not become ready"
+        time.sleep(0.1)

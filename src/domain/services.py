@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from domain.ports import Embedder, EmbedderLoader
 log = logging.getLogger(__name__)
 
 
-class ModelState(str, Enum):
+class ModelState(StrEnum):
     LOADING = "loading"
     READY = "ok"
     FAILED = "error"
@@ -124,9 +124,7 @@ class InferenceScheduler:
             log.exception("embedding backend failed on a request of %d texts", len(texts))
             raise BackendFailure() from None
 
-    def _compute(
-        self, embedder: Embedder, texts: list[str], cancelled: threading.Event, deadline: float
-    ) -> Vectors:
+    def _compute(self, embedder: Embedder, texts: list[str], cancelled: threading.Event, deadline: float) -> Vectors:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
         out: Vectors | None = None
         for start in range(0, len(order), self._micro_batch_size):

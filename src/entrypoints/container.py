@@ -55,9 +55,7 @@ class Container(containers.DeclarativeContainer):
 
     loader = providers.Selector(
         config.embedder_backend,
-        sentence_transformers=providers.Singleton(
-            sentence_transformer_loader, model_spec, provisioner, config.device
-        ),
+        sentence_transformers=providers.Singleton(sentence_transformer_loader, model_spec, provisioner, config.device),
         fake=providers.Singleton(FakeEmbedderLoader, model_spec),
     )
 
@@ -69,9 +67,7 @@ class Container(containers.DeclarativeContainer):
         timeout_s=config.timeout_seconds,
         micro_batch_size=config.micro_batch_size,
     )
-    limits = providers.Singleton(
-        Limits, max_input_length=config.max_input_length, max_batch_size=config.max_batch_size
-    )
+    limits = providers.Singleton(Limits, max_input_length=config.max_input_length, max_batch_size=config.max_batch_size)
 
     embed_one = providers.Factory(EmbedOne, host, scheduler, limits)
     embed_batch = providers.Factory(EmbedBatch, host, scheduler, limits)

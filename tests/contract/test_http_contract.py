@@ -39,7 +39,8 @@ def error(response: Any) -> dict[str, Any]:
 
 def test_embed_single_text(client: TestClient) -> None:
     response = client.post(
-        "/embed", json={"input": "Ada Lovelace", "model": "all-mpnet-base-v2", "encoding_format": "float"},
+        "/embed",
+        json={"input": "Ada Lovelace", "model": "all-mpnet-base-v2", "encoding_format": "float"},
         headers=AUTH,
     )
     assert response.status_code == 200
@@ -54,8 +55,11 @@ def test_embed_single_text(client: TestClient) -> None:
 
 def test_embed_batch_echoes_ids_in_order(client: TestClient) -> None:
     inputs = [{"id": f"6f1c2a5e-0000-4000-8000-{i:012d}", "text": f"contact {i}"} for i in range(100)]
-    response = client.post("/embed/batch", json={"inputs": inputs, "model": "sentence-transformers/all-mpnet-base-v2",
-                                                 "encoding_format": "float"}, headers=AUTH)
+    response = client.post(
+        "/embed/batch",
+        json={"inputs": inputs, "model": "sentence-transformers/all-mpnet-base-v2", "encoding_format": "float"},
+        headers=AUTH,
+    )
     assert response.status_code == 200
     assert response.json() == {
         "object": "list",
@@ -66,8 +70,10 @@ def test_embed_batch_echoes_ids_in_order(client: TestClient) -> None:
 
 def test_health_when_ready(client: TestClient) -> None:
     response = client.get("/health")
-    assert (response.status_code, response.json()) == (200, {"status": "ok", "model": "all-mpnet-base-v2",
-                                                             "ready": True})
+    assert (response.status_code, response.json()) == (
+        200,
+        {"status": "ok", "model": "all-mpnet-base-v2", "ready": True},
+    )
 
 
 def test_metadata(client: TestClient) -> None:
@@ -86,16 +92,25 @@ def test_metadata(client: TestClient) -> None:
     }
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY},
-                                     {"Authorization": f"Basic {API_KEY}"}])
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}, {"Authorization": f"Basic {API_KEY}"}],
+)
 def test_missing_or_invalid_key_is_401(client: TestClient, headers: dict[str, str]) -> None:
-    for method, path, body in [("post", "/embed", {"input": "x"}), ("post", "/embed/batch", {"inputs": []}),
-                               ("get", "/metadata", None)]:
+    for method, path, body in [
+        ("post", "/embed", {"input": "x"}),
+        ("post", "/embed/batch", {"inputs": []}),
+        ("get", "/metadata", None),
+    ]:
         response = client.request(method, path, json=body, headers=headers)
         assert response.status_code == 401
         assert response.headers["www-authenticate"] == "Bearer"
-        assert response.json() == {"error": {"type": "unauthenticated", "message":
-                                             "missing or invalid API key; send 'Authorization: Bearer <key>'."}}
+        assert response.json() == {
+            "error": {
+                "type": "unauthenticated",
+                "message": "missing or invalid API key; send 'Authorization: Bearer <key>'.",
+            }
+        }
 
 
 def test_both_configured_keys_are_accepted() -> None:
@@ -103,20 +118,27 @@ def test_both_configured_keys_are_accepted() -> None:
     with TestClient(app) as client:
         wait_ready(client)
         for key in ("peoplepad-key", "other-key"):
-            assert client.post("/embed", json={"input": "x"},
-                               headers={"Authorization": f"Bearer {key}"}).status_code == 200
+            assert (
+                client.post("/embed", json={"input": "x"}, headers={"Authorization": f"Bearer {key}"}).status_code
+                == 200
+            )
 
 
 def test_text_too_long_is_400_naming_the_record(client: TestClient) -> None:
-    response = client.post("/embed/batch", json={"inputs": [{"id": "a", "text": "ok"}, {"id": "b", "text": "x" * 51}]},
-                           headers=AUTH)
+    response = client.post(
+        "/embed/batch", json={"inputs": [{"id": "a", "text": "ok"}, {"id": "b", "text": "x" * 51}]}, headers=AUTH
+    )
     assert response.status_code == 400
-    assert response.json() == {"error": {
-        "type": "input_too_long",
-        "message": "input with id 'b' is 51 characters long; the limit is 50 characters. "
-                   "Shorten or split the text before sending it.",
-        "id": "b", "length": 51, "limit": 50,
-    }}
+    assert response.json() == {
+        "error": {
+            "type": "input_too_long",
+            "message": "input with id 'b' is 51 characters long; the limit is 50 characters. "
+            "Shorten or split the text before sending it.",
+            "id": "b",
+            "length": 51,
+            "limit": 50,
+        }
+    }
     single = client.post("/embed", json={"input": "y" * 51}, headers=AUTH)
     assert (single.status_code, error(single)["type"], error(single)["id"]) == (400, "input_too_long", None)
 
@@ -125,23 +147,31 @@ def test_batch_over_limit_is_413_with_guidance(client: TestClient) -> None:
     inputs = [{"id": str(i), "text": "t"} for i in range(101)]
     response = client.post("/embed/batch", json={"inputs": inputs}, headers=AUTH)
     assert response.status_code == 413
-    assert response.json() == {"error": {
-        "type": "batch_too_large",
-        "message": "batch holds 101 inputs; the limit is 100. Split it into requests of at most 100 inputs.",
-        "size": 101, "limit": 100,
-    }}
+    assert response.json() == {
+        "error": {
+            "type": "batch_too_large",
+            "message": "batch holds 101 inputs; the limit is 100. Split it into requests of at most 100 inputs.",
+            "size": 101,
+            "limit": 100,
+        }
+    }
 
 
-PAYLOAD_TOO_LARGE = {"error": {
-    "type": "payload_too_large",
-    "message": "request body exceeds 1048576 bytes; send fewer or shorter inputs per request.",
-    "limit_bytes": 1048576,
-}}
+PAYLOAD_TOO_LARGE = {
+    "error": {
+        "type": "payload_too_large",
+        "message": "request body exceeds 1048576 bytes; send fewer or shorter inputs per request.",
+        "limit_bytes": 1048576,
+    }
+}
 
 
 def test_body_over_1mb_is_413_by_content_length(client: TestClient) -> None:
-    response = client.post("/embed", content=b'{"input": "' + b"x" * 1_048_576 + b'"}',
-                           headers={**AUTH, "content-type": "application/json"})
+    response = client.post(
+        "/embed",
+        content=b'{"input": "' + b"x" * 1_048_576 + b'"}',
+        headers={**AUTH, "content-type": "application/json"},
+    )
     assert (response.status_code, response.json()) == (413, PAYLOAD_TOO_LARGE)
 
 
@@ -168,8 +198,10 @@ def test_lying_content_length_does_not_bypass_the_cap() -> None:
         reached.append(True)
 
     sent: list[dict[str, Any]] = []
-    chunks = [{"type": "http.request", "body": b"x" * 600, "more_body": True},
-              {"type": "http.request", "body": b"x" * 600, "more_body": False}]
+    chunks = [
+        {"type": "http.request", "body": b"x" * 600, "more_body": True},
+        {"type": "http.request", "body": b"x" * 600, "more_body": False},
+    ]
 
     async def receive() -> dict[str, Any]:
         return chunks.pop(0)
@@ -186,24 +218,38 @@ def test_lying_content_length_does_not_bypass_the_cap() -> None:
 def test_unknown_model_is_400_naming_the_served_model(client: TestClient) -> None:
     response = client.post("/embed", json={"input": "x", "model": "all-MiniLM-L6-v2"}, headers=AUTH)
     assert response.status_code == 400
-    assert response.json() == {"error": {
-        "type": "unknown_model",
-        "message": "model 'all-MiniLM-L6-v2' is not served here; this service serves 'all-mpnet-base-v2' "
-                   "(accepted names: all-mpnet-base-v2, sentence-transformers/all-mpnet-base-v2).",
-        "served_model": "all-mpnet-base-v2",
-    }}
+    assert response.json() == {
+        "error": {
+            "type": "unknown_model",
+            "message": "model 'all-MiniLM-L6-v2' is not served here; this service serves 'all-mpnet-base-v2' "
+            "(accepted names: all-mpnet-base-v2, sentence-transformers/all-mpnet-base-v2).",
+            "served_model": "all-mpnet-base-v2",
+        }
+    }
 
 
 def test_encoding_format_other_than_float_is_400(client: TestClient) -> None:
     response = client.post("/embed", json={"input": "x", "encoding_format": "base64"}, headers=AUTH)
-    assert (response.status_code, response.json()) == (400, {"error": {
-        "type": "unsupported_encoding_format",
-        "message": "encoding_format 'base64' is not supported; use 'float'.",
-    }})
+    assert (response.status_code, response.json()) == (
+        400,
+        {
+            "error": {
+                "type": "unsupported_encoding_format",
+                "message": "encoding_format 'base64' is not supported; use 'float'.",
+            }
+        },
+    )
 
 
-@pytest.mark.parametrize("body", [{"inputs": [{"text": "no id"}]}, {"inputs": [{"id": "", "text": "x"}]},
-                                  {"texts": "wrong shape"}, {"inputs": [{"id": "a"}]}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"inputs": [{"text": "no id"}]},
+        {"inputs": [{"id": "", "text": "x"}]},
+        {"texts": "wrong shape"},
+        {"inputs": [{"id": "a"}]},
+    ],
+)
 def test_malformed_batch_is_422_with_a_json_message(client: TestClient, body: dict[str, Any]) -> None:
     response = client.post("/embed/batch", json=body, headers=AUTH)
     assert response.status_code == 422
@@ -214,10 +260,13 @@ def test_malformed_batch_is_422_with_a_json_message(client: TestClient, body: di
 def test_empty_and_duplicate_batches_are_400(client: TestClient) -> None:
     empty = client.post("/embed/batch", json={"inputs": []}, headers=AUTH)
     assert (empty.status_code, error(empty)["type"]) == (400, "invalid_input")
-    dup = client.post("/embed/batch", json={"inputs": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]},
-                      headers=AUTH)
-    assert (dup.status_code, dup.json()) == (400, {"error": {"type": "invalid_input",
-                                                             "message": "ids must be unique within a batch."}})
+    dup = client.post(
+        "/embed/batch", json={"inputs": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]}, headers=AUTH
+    )
+    assert (dup.status_code, dup.json()) == (
+        400,
+        {"error": {"type": "invalid_input", "message": "ids must be unique within a batch."}},
+    )
 
 
 def test_invalid_json_is_422(client: TestClient) -> None:
@@ -235,10 +284,18 @@ def test_timeout_is_504_and_frees_the_model() -> None:
     app.state.container.loader.override(providers.Object(FakeEmbedderLoader(SPEC, delay_per_text_s=0.1)))
     with TestClient(app) as client:
         wait_ready(client)
-        slow = client.post("/embed/batch", json={"inputs": [{"id": str(i), "text": f"t{i}"} for i in range(30)]},
-                           headers=AUTH)
-        assert (slow.status_code, slow.json()) == (504, {"error": {
-            "type": "timeout", "message": "embedding did not finish within 0.3 s; send fewer or shorter inputs."}})
+        slow = client.post(
+            "/embed/batch", json={"inputs": [{"id": str(i), "text": f"t{i}"} for i in range(30)]}, headers=AUTH
+        )
+        assert (slow.status_code, slow.json()) == (
+            504,
+            {
+                "error": {
+                    "type": "timeout",
+                    "message": "embedding did not finish within 0.3 s; send fewer or shorter inputs.",
+                }
+            },
+        )
         assert client.post("/embed", json={"input": "quick"}, headers=AUTH).status_code == 200
 
 
@@ -247,13 +304,17 @@ def test_503_not_ready_while_the_model_loads() -> None:
     app.state.container.loader.override(providers.Object(FakeEmbedderLoader(SPEC, load_delay_s=1.0)))
     with TestClient(app) as client:
         health = client.get("/health")
-        assert (health.status_code, health.json()) == (503, {"status": "loading", "model": "all-mpnet-base-v2",
-                                                             "ready": False})
+        assert (health.status_code, health.json()) == (
+            503,
+            {"status": "loading", "model": "all-mpnet-base-v2", "ready": False},
+        )
         embed = client.post("/embed", json={"input": "x"}, headers=AUTH)
         assert embed.status_code == 503
         assert embed.headers["retry-after"] == "5"
-        assert error(embed) == {"type": "model_not_ready",
-                                "message": "model 'all-mpnet-base-v2' is still loading; retry shortly."}
+        assert error(embed) == {
+            "type": "model_not_ready",
+            "message": "model 'all-mpnet-base-v2' is still loading; retry shortly.",
+        }
         assert wait_ready(client)["ready"] is True
 
 
@@ -265,8 +326,10 @@ def test_failed_model_load_keeps_health_503() -> None:
             health = client.get("/health")
             if health.json()["status"] != "loading":
                 break
-        assert (health.status_code, health.json()) == (503, {"status": "error", "model": "all-mpnet-base-v2",
-                                                             "ready": False})
+        assert (health.status_code, health.json()) == (
+            503,
+            {"status": "error", "model": "all-mpnet-base-v2", "ready": False},
+        )
 
 
 def test_unexpected_errors_are_generic_500s() -> None:
@@ -275,8 +338,10 @@ def test_unexpected_errors_are_generic_500s() -> None:
     with TestClient(app, raise_server_exceptions=False) as client:
         wait_ready(client)
         response = client.post("/embed", json={"input": "x"}, headers=AUTH)
-        assert (response.status_code, response.json()) == (500, {"error": {"type": "internal_error",
-                                                                           "message": "internal server error"}})
+        assert (response.status_code, response.json()) == (
+            500,
+            {"error": {"type": "internal_error", "message": "internal server error"}},
+        )
 
 
 def test_refuses_to_start_without_keys_unless_allowed() -> None:

@@ -42,7 +42,10 @@ def test_cli_models_pull_uses_hf_endpoint(tmp_path: Path) -> None:
         env = {**os.environ, "HF_ENDPOINT": endpoint, "MODEL_PATH": str(tmp_path), "HF_HUB_OFFLINE": "false"}
         result = subprocess.run(
             [sys.executable, "-m", "entrypoints.cli", "models", "pull", SPEC.hub_id],
-            env=env, capture_output=True, text=True, timeout=300,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(tmp_path / SPEC.name)

@@ -27,8 +27,14 @@ TEXTS = [
 
 
 def served(model_name: str) -> TestClient:
-    settings = fake_settings(embedder_backend="sentence_transformers", model_name=model_name,
-                             model_path=MODEL_ROOT, hf_hub_offline=True, device="cpu", timeout_seconds=60)
+    settings = fake_settings(
+        embedder_backend="sentence_transformers",
+        model_name=model_name,
+        model_path=MODEL_ROOT,
+        hf_hub_offline=True,
+        device="cpu",
+        timeout_seconds=60,
+    )
     return TestClient(create_app(settings))
 
 
@@ -51,8 +57,9 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def test_mpnet_batch_over_http_matches_direct_encode(mpnet: TestClient, direct_mpnet: SentenceTransformer) -> None:
     inputs = [{"id": str(uuid.uuid4()), "text": t} for t in TEXTS]
-    response = mpnet.post("/embed/batch", json={"inputs": inputs, "model": "all-mpnet-base-v2",
-                                                "encoding_format": "float"}, headers=AUTH)
+    response = mpnet.post(
+        "/embed/batch", json={"inputs": inputs, "model": "all-mpnet-base-v2", "encoding_format": "float"}, headers=AUTH
+    )
     assert response.status_code == 200
     data = response.json()["data"]
     assert [d["id"] for d in data] == [i["id"] for i in inputs]
@@ -64,16 +71,22 @@ def test_mpnet_batch_over_http_matches_direct_encode(mpnet: TestClient, direct_m
 
 
 def test_mpnet_single_over_http_matches_direct_encode(mpnet: TestClient, direct_mpnet: SentenceTransformer) -> None:
-    response = mpnet.post("/embed", json={"input": TEXTS[0], "model": "sentence-transformers/all-mpnet-base-v2"},
-                          headers=AUTH)
+    response = mpnet.post(
+        "/embed", json={"input": TEXTS[0], "model": "sentence-transformers/all-mpnet-base-v2"}, headers=AUTH
+    )
     vector = np.array([response.json().get("data", [{}])[0].get("embedding")], dtype=np.float32)
     direct = direct_mpnet.encode([TEXTS[0]], normalize_embeddings=True)
     assert cosines(vector, direct)[0] >= 0.99999
 
 
 def test_peoplepad_sized_batch_finishes_well_inside_its_30s_timeout(mpnet: TestClient) -> None:
-    inputs = [{"id": str(uuid.uuid4()), "text": f"Contact {i}: Jane Doe, ACME Corp, jane{i}@example.com, met at "
-                                                  f"conference {i % 7}"} for i in range(100)]
+    inputs = [
+        {
+            "id": str(uuid.uuid4()),
+            "text": f"Contact {i}: Jane Doe, ACME Corp, jane{i}@example.com, met at conference {i % 7}",
+        }
+        for i in range(100)
+    ]
     started = time.monotonic()
     response = mpnet.post("/embed/batch", json={"inputs": inputs}, headers=AUTH)
     elapsed = time.monotonic() - started

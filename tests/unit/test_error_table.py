@@ -10,7 +10,8 @@ from domain import errors
 from entrypoints.http.errors import STATUS_BY_ERROR
 
 ERROR_CLASSES = [
-    cls for _, cls in inspect.getmembers(errors, inspect.isclass)
+    cls
+    for _, cls in inspect.getmembers(errors, inspect.isclass)
     if issubclass(cls, errors.DomainError) and cls is not errors.DomainError
 ]
 

@@ -26,8 +26,18 @@ def files(package: str) -> list[Path]:
 
 @pytest.mark.parametrize("path", files("domain"), ids=lambda p: str(p.relative_to(SRC)))
 def test_domain_imports_no_framework_or_outer_layer(path: Path) -> None:
-    forbidden = {"adapters", "entrypoints", "fastapi", "starlette", "torch", "sentence_transformers",
-                 "transformers", "pydantic", "dependency_injector", "huggingface_hub"}
+    forbidden = {
+        "adapters",
+        "entrypoints",
+        "fastapi",
+        "starlette",
+        "torch",
+        "sentence_transformers",
+        "transformers",
+        "pydantic",
+        "dependency_injector",
+        "huggingface_hub",
+    }
     assert imported_modules(path).isdisjoint(forbidden), path
 
 
@@ -39,9 +49,7 @@ def test_http_entrypoint_never_imports_adapters_or_ml(path: Path) -> None:
 
 def test_only_the_sentence_transformer_adapter_imports_torch() -> None:
     importing = {
-        str(p.relative_to(SRC))
-        for p in SRC.rglob("*.py")
-        if imported_modules(p) & {"torch", "sentence_transformers"}
+        str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if imported_modules(p) & {"torch", "sentence_transformers"}
     }
     assert importing == {"adapters/sentence_transformer_embedder.py"}
 

@@ -70,6 +70,6 @@ def test_mismatching_download_is_refused_and_leaves_nothing(tmp_path: Path) -> N
 
 
 def test_all_sources_failing_names_each(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="hub: ConnectionError.*pypi: ConnectionError"):
+    with pytest.raises(RuntimeError, match=r"hub: ConnectionError.*pypi: ConnectionError"):
         VerifiedModelProvisioner(tmp_path, [FolderSource("hub", None), FolderSource("pypi", None)]).ensure(SPEC)
     assert list(tmp_path.iterdir()) == []

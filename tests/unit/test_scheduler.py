@@ -50,7 +50,8 @@ def test_work_waiting_past_its_deadline_never_runs() -> None:
         embedder = FakeEmbedder(SPEC, delay_per_text_s=0.1)
         scheduler = InferenceScheduler(max_workers=1, max_queue=4, timeout_s=0.25, micro_batch_size=1)
         results = await asyncio.gather(
-            scheduler.run(embedder, ["a", "b", "c", "d", "e"]), scheduler.run(embedder, ["late"]),
+            scheduler.run(embedder, ["a", "b", "c", "d", "e"]),
+            scheduler.run(embedder, ["late"]),
             return_exceptions=True,
         )
         assert isinstance(results[0], Timeout)
@@ -66,9 +67,7 @@ def test_queue_is_bounded() -> None:
     async def scenario() -> None:
         embedder = FakeEmbedder(SPEC, delay_per_text_s=0.2)
         scheduler = InferenceScheduler(max_workers=1, max_queue=2, timeout_s=5, micro_batch_size=8)
-        results = await asyncio.gather(
-            *(scheduler.run(embedder, [f"t{i}"]) for i in range(5)), return_exceptions=True
-        )
+        results = await asyncio.gather(*(scheduler.run(embedder, [f"t{i}"]) for i in range(5)), return_exceptions=True)
         overloaded = [r for r in results if isinstance(r, Overloaded)]
         assert len(overloaded) == 2
         assert all(r.retry_after_s >= 1 for r in overloaded)

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from domain.errors import DomainError
-from domain.model import EmbeddedItem, TextItem
+from domain.model import TextItem
 from domain.use_cases import EmbedBatch, EmbedOne, GetHealth, GetMetadata
 from entrypoints.container import Container, build_container
 from entrypoints.http.errors import domain_error_response, error_body, internal_error_response
@@ -71,7 +71,6 @@ def authenticated(request: Request, authorization: Annotated[str | None, Header(
     container_of(request).authenticate().execute(presented)
 
 
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     check_startup(settings)
@@ -101,8 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for err in exc.errors()
         ]
         summary = "; ".join(f"{p['location']}: {p['message']}" for p in problems)
-        return JSONResponse(error_body("invalid_request", f"invalid request body: {summary}",
-                                       problems=problems), 422)
+        return JSONResponse(error_body("invalid_request", f"invalid request body: {summary}", problems=problems), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -116,34 +114,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     auth = [Depends(authenticated)]
 
-    @app.post("/embed", response_model=EmbedResponse, responses=ERRORS, dependencies=auth,
-              response_class=FastJSONResponse)
+    @app.post(
+        "/embed", response_model=EmbedResponse, responses=ERRORS, dependencies=auth, response_class=FastJSONResponse
+    )
     async def embed(body: EmbedRequest, use_case: Annotated[EmbedOne, Depends(embed_one)]) -> Response:
         result = await use_case.execute(body.input, body.model, body.encoding_format)
         log.info("embedded 1 text (%d chars)", len(body.input))
         item = result.items[0]
-        return FastJSONResponse({
-            "object": "list",
-            "model": result.model,
-            "data": [{"object": "embedding", "embedding": item.embedding.tolist(), "index": item.index}],
-        })
+        return FastJSONResponse(
+            {
+                "object": "list",
+                "model": result.model,
+                "data": [{"object": "embedding", "embedding": item.embedding.tolist(), "index": item.index}],
+            }
+        )
 
-    @app.post("/embed/batch", response_model=EmbedBatchResponse, responses=ERRORS, dependencies=auth,
-              response_class=FastJSONResponse)
-    async def embed_many(
-        body: EmbedBatchRequest, use_case: Annotated[EmbedBatch, Depends(embed_batch)]
-    ) -> Response:
+    @app.post(
+        "/embed/batch",
+        response_model=EmbedBatchResponse,
+        responses=ERRORS,
+        dependencies=auth,
+        response_class=FastJSONResponse,
+    )
+    async def embed_many(body: EmbedBatchRequest, use_case: Annotated[EmbedBatch, Depends(embed_batch)]) -> Response:
         items = [TextItem(id=i.id, text=i.text) for i in body.inputs]
         result = await use_case.execute(items, body.model, body.encoding_format)
         log.info("embedded batch of %d texts (%d chars)", len(items), sum(len(i.text) for i in items))
-        return FastJSONResponse({
-            "object": "list",
-            "model": result.model,
-            "data": [
-                {"id": item.id, "object": "embedding", "embedding": item.embedding.tolist()}
-                for item in result.items
-            ],
-        })
+        return FastJSONResponse(
+            {
+                "object": "list",
+                "model": result.model,
+                "data": [
+                    {"id": item.id, "object": "embedding", "embedding": item.embedding.tolist()}
+                    for item in result.items
+                ],
+            }
+        )
 
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def health(use_case: Annotated[GetHealth, Depends(get_health)]) -> JSONResponse:
@@ -156,9 +162,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         info = use_case.execute()
         spec = info.spec
         return MetadataResponse(
-            model=spec.name, hub_id=spec.hub_id, dimension=spec.dimension, max_seq_length=spec.max_seq_length,
-            revision=spec.revision, weights_sha256=spec.weights_sha256, library="sentence-transformers",
-            library_version=info.library_version, device=info.device,
+            model=spec.name,
+            hub_id=spec.hub_id,
+            dimension=spec.dimension,
+            max_seq_length=spec.max_seq_length,
+            revision=spec.revision,
+            weights_sha256=spec.weights_sha256,
+            library="sentence-transformers",
+            library_version=info.library_version,
+            device=info.device,
         )
 
     return app

