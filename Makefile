@@ -8,7 +8,7 @@ MODEL_PATH ?= ./models
 TORCH_INDEX_URL ?=
 TORCH_VERSION := $(shell grep '^torch==' constraints.txt | cut -d= -f3)
 
-.PHONY: venv models run dev test lint clean
+.PHONY: venv models env-key run dev test lint clean
 
 $(BIN)/embedding-service: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,15 +22,13 @@ venv: $(BIN)/embedding-service
 models: venv
 	MODEL_PATH=$(MODEL_PATH) $(BIN)/embedding-service models pull $(MODEL_NAME)
 
-.env:
-	@key=$$($(BIN)/embedding-service keygen); \
-	  sed "s/^EMBEDDING_API_KEY=.*/EMBEDDING_API_KEY=$$key/" .env.example > .env; \
-	  echo "Created .env with a new development API key (shown once):"; echo "  $$key"
+env-key: venv
+	@$(BIN)/embedding-service ensure-env-key --env-file .env --template .env.example
 
-run: venv models .env
+run: venv models env-key
 	MODEL_PATH=$(MODEL_PATH) MODEL_NAME=$(MODEL_NAME) $(BIN)/embedding-service serve
 
-dev: venv models .env
+dev: venv models env-key
 	MODEL_PATH=$(MODEL_PATH) MODEL_NAME=$(MODEL_NAME) $(BIN)/embedding-service serve --reload
 
 test: venv lint

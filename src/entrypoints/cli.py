@@ -63,6 +63,33 @@ def keygen(_: argparse.Namespace) -> int:
     return 0
 
 
+KEY_VARIABLES = ("EMBEDDING_API_KEY", "PEOPLEPAD_CLIENT_KEY")
+
+
+def ensure_env_key(args: argparse.Namespace) -> int:
+    """Create the env file from its template if missing; give it a new EMBEDDING_API_KEY if it has no key."""
+    env_file, template = Path(args.env_file), Path(args.template)
+    if not env_file.exists():
+        env_file.write_text(template.read_text() if template.exists() else "")
+    lines = env_file.read_text().splitlines()
+    configured = {
+        name.strip(): value.strip()
+        for name, sep, value in (line.partition("=") for line in lines if not line.lstrip().startswith("#"))
+        if sep
+    }
+    if any(configured.get(name) for name in KEY_VARIABLES):
+        return 0
+    key = secrets.token_urlsafe(32)
+    if "EMBEDDING_API_KEY" in configured:
+        lines = [f"EMBEDDING_API_KEY={key}" if line.startswith("EMBEDDING_API_KEY=") else line for line in lines]
+    else:
+        lines.append(f"EMBEDDING_API_KEY={key}")
+    env_file.write_text("\n".join(lines) + "\n")
+    env_file.chmod(0o600)
+    print(f"{env_file} had no API key; generated a development key (shown only this once):\n  {key}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="embedding-service", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -82,6 +109,10 @@ def parser() -> argparse.ArgumentParser:
 
     keygen_cmd = commands.add_parser("keygen", help="print a new random API key")
     keygen_cmd.set_defaults(func=keygen)
+    env_cmd = commands.add_parser("ensure-env-key", help="make sure the env file holds an API key (dev setup)")
+    env_cmd.add_argument("--env-file", default=".env")
+    env_cmd.add_argument("--template", default=".env.example")
+    env_cmd.set_defaults(func=ensure_env_key)
     return root
 
 
