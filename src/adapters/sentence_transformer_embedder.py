@@ -1,4 +1,4 @@
-"""sentence-transformers backend: the only module that imports torch and sentence_transformers."""
+"""sentence-transformers backend: the only module that imports torch, transformers and sentence_transformers."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import sentence_transformers
 import torch
 from sentence_transformers import SentenceTransformer
+from transformers.utils import logging as transformers_logging
 
 from domain.model import ModelInfo, ModelSpec, Vectors
-from domain.ports import ModelProvisioner
 
 log = logging.getLogger(__name__)
 
@@ -46,25 +46,14 @@ class SentenceTransformerEmbedder:
         return np.asarray(vectors, dtype=np.float32)
 
 
-class SentenceTransformerLoader:
-    """Provisions verified weights, loads them with sentence-transformers and pre-warms the model."""
-
-    def __init__(self, spec: ModelSpec, provisioner: ModelProvisioner, device: str = "auto") -> None:
-        self._spec = spec
-        self._provisioner = provisioner
-        self._device = device
-
-    @property
-    def spec(self) -> ModelSpec:
-        return self._spec
-
-    def load(self) -> SentenceTransformerEmbedder:
-        path = self._provisioner.ensure(self._spec)
-        device = pick_device(self._device)
-        model = SentenceTransformer(str(path), device=device, local_files_only=True)
-        model.eval()
-        info = ModelInfo(spec=self._spec, library_version=sentence_transformers.__version__, device=device)
-        embedder = SentenceTransformerEmbedder(model, info)
-        embedder.embed(list(WARM_UP_TEXTS))
-        log.info("model %s loaded from %s on %s and warmed up", self._spec.name, path, device)
-        return embedder
+def load_sentence_transformer(spec: ModelSpec, path: str, requested_device: str) -> SentenceTransformerEmbedder:
+    """Load verified weights from `path`, pre-warm them and wrap them as an Embedder."""
+    transformers_logging.disable_progress_bar()
+    device = pick_device(requested_device)
+    model = SentenceTransformer(path, device=device, local_files_only=True)
+    model.eval()
+    info = ModelInfo(spec=spec, library_version=sentence_transformers.__version__, device=device)
+    embedder = SentenceTransformerEmbedder(model, info)
+    embedder.embed(list(WARM_UP_TEXTS))
+    log.info("model %s loaded from %s on %s and warmed up", spec.name, path, device)
+    return embedder

@@ -38,6 +38,7 @@ def serve(args: argparse.Namespace) -> int:
         reload=args.reload,
         reload_dirs=[str(Path(__file__).resolve().parents[1])] if args.reload else None,
         workers=1,
+        access_log=False,
         log_config=log_config,
     )
     return 0

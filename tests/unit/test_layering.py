@@ -59,14 +59,16 @@ def test_adapters_do_not_import_entrypoints(path: Path) -> None:
     assert "entrypoints" not in imported_modules(path)
 
 
-def test_creating_the_app_on_the_fake_does_not_load_torch() -> None:
+@pytest.mark.parametrize("backend", ["fake", "sentence_transformers"])
+def test_building_the_app_and_host_does_not_import_torch(backend: str) -> None:
+    """torch loads only inside the model-loading thread, so /health can answer 503 while it does."""
     import subprocess
     import sys
 
     code = (
         "import sys; from entrypoints.http.app import create_app; from entrypoints.settings import Settings;"
-        "create_app(Settings(_env_file=None, embedder_backend='fake', allow_unauthenticated=True));"
-        "print('torch' in sys.modules)"
+        f"app = create_app(Settings(_env_file=None, embedder_backend='{backend}', allow_unauthenticated=True));"
+        "app.state.container.host(); print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
