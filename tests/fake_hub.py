@@ -37,22 +37,21 @@ def serve_fake_hub(repo_id: str, revision: str, folder: Path, corrupt: set[str] 
             self.send_header("X-Repo-Commit", revision)
             self.end_headers()
 
-        def do_HEAD(self) -> None:
-            requests.append(f"HEAD {self.path}")
+        def _respond(self, with_body: bool) -> None:
+            requests.append(f"{self.command} {self.path}")
             found = self._resolve()
             if found is None:
                 self.send_error(404)
                 return
             self._headers(found[0])
+            if with_body:
+                self.wfile.write(found[0])
+
+        def do_HEAD(self) -> None:
+            self._respond(with_body=False)
 
         def do_GET(self) -> None:
-            requests.append(f"GET {self.path}")
-            found = self._resolve()
-            if found is None:
-                self.send_error(404)
-                return
-            self._headers(found[0])
-            self.wfile.write(found[0])
+            self._respond(with_body=True)
 
         def log_message(self, format: str, *args: object) -> None:
             pass

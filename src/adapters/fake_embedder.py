@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import deque
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,7 +16,7 @@ class FakeEmbedder:
     def __init__(self, spec: ModelSpec, delay_per_text_s: float = 0.0) -> None:
         self._info = ModelInfo(spec=spec, library_version="fake", device="cpu")
         self._delay = delay_per_text_s
-        self.calls: list[int] = []
+        self.calls: deque[int] = deque(maxlen=10_000)  # sizes of recent calls, for tests
 
     @property
     def info(self) -> ModelInfo:

@@ -47,6 +47,12 @@ def verify_model_dir(folder: Path, spec: ModelSpec) -> None:
     missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
     if missing:
         raise ModelIntegrityError(f"{spec.name} at {folder} lacks {', '.join(missing)}")
+    size = (folder / WEIGHTS_FILE).stat().st_size
+    if size != spec.weights_bytes:
+        raise ModelIntegrityError(
+            f"{spec.name} weights at {folder / WEIGHTS_FILE} are {size} bytes, expected {spec.weights_bytes}; "
+            "refusing to load them"
+        )
     actual = sha256_of(folder / WEIGHTS_FILE)
     if actual != spec.weights_sha256:
         raise ModelIntegrityError(
@@ -194,6 +200,8 @@ class VerifiedModelProvisioner:
             log.info("model %s found verified at %s", spec.name, folder)
             return folder
         self._root.mkdir(parents=True, exist_ok=True)
+        for stale in self._root.glob(f".{spec.name}-*"):  # staging left by an interrupted download
+            shutil.rmtree(stale, ignore_errors=True)
         failures: list[str] = []
         for source in self._sources:
             staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=self._root))

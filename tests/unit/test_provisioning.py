@@ -50,9 +50,22 @@ def test_verified_local_folder_is_used_without_any_source(tmp_path: Path) -> Non
 
 
 def test_tampered_local_weights_are_refused(tmp_path: Path) -> None:
-    write_model(tmp_path / SPEC.name, b"tampered")
+    write_model(tmp_path / SPEC.name, b"x" * len(WEIGHTS))
     with pytest.raises(ModelIntegrityError, match="expected " + SPEC.weights_sha256):
         VerifiedModelProvisioner(tmp_path, [FolderSource("s")]).ensure(SPEC)
+
+
+def test_truncated_local_weights_are_refused_before_hashing(tmp_path: Path) -> None:
+    write_model(tmp_path / SPEC.name, WEIGHTS[:-1])
+    with pytest.raises(ModelIntegrityError, match=f"are {len(WEIGHTS) - 1} bytes, expected {len(WEIGHTS)}"):
+        VerifiedModelProvisioner(tmp_path, [FolderSource("s")]).ensure(SPEC)
+
+
+def test_staging_left_by_an_interrupted_download_is_cleaned(tmp_path: Path) -> None:
+    (tmp_path / f".{SPEC.name}-abc123").mkdir()
+    (tmp_path / f".{SPEC.name}-abc123" / "partial").write_bytes(b"half")
+    VerifiedModelProvisioner(tmp_path, [FolderSource("pypi")]).ensure(SPEC)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [SPEC.name]
 
 
 def test_unreachable_source_falls_back_to_the_next(tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ def test_work_waiting_past_its_deadline_never_runs() -> None:
         assert isinstance(results[1], Timeout)
         await asyncio.sleep(0.3)
         # the first request ran 3 micro-batches (the third began before its deadline), the queued one none
-        assert embedder.calls == [1, 1, 1]
+        assert list(embedder.calls) == [1, 1, 1]
 
     asyncio.run(scenario())
 
