@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from domain.errors import DomainError
@@ -35,13 +34,6 @@ log = logging.getLogger(__name__)
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 500, 503, 504)
 }
-
-
-class FastJSONResponse(JSONResponse):
-    """Compact JSON without re-validating thousands of floats through pydantic."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 def container_of(request: Request) -> Container:
@@ -114,14 +106,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     auth = [Depends(authenticated)]
 
-    @app.post(
-        "/embed", response_model=EmbedResponse, responses=ERRORS, dependencies=auth, response_class=FastJSONResponse
-    )
-    async def embed(body: EmbedRequest, use_case: Annotated[EmbedOne, Depends(embed_one)]) -> Response:
+    @app.post("/embed", response_model=EmbedResponse, responses=ERRORS, dependencies=auth)
+    async def embed(body: EmbedRequest, use_case: Annotated[EmbedOne, Depends(embed_one)]) -> JSONResponse:
         result = await use_case.execute(body.input, body.model, body.encoding_format)
         log.info("embedded 1 text (%d chars)", len(body.input))
         item = result.items[0]
-        return FastJSONResponse(
+        return JSONResponse(
             {
                 "object": "list",
                 "model": result.model,
@@ -134,13 +124,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_model=EmbedBatchResponse,
         responses=ERRORS,
         dependencies=auth,
-        response_class=FastJSONResponse,
     )
-    async def embed_many(body: EmbedBatchRequest, use_case: Annotated[EmbedBatch, Depends(embed_batch)]) -> Response:
+    async def embed_many(
+        body: EmbedBatchRequest, use_case: Annotated[EmbedBatch, Depends(embed_batch)]
+    ) -> JSONResponse:
         items = [TextItem(id=i.id, text=i.text) for i in body.inputs]
         result = await use_case.execute(items, body.model, body.encoding_format)
         log.info("embedded batch of %d texts (%d chars)", len(items), sum(len(i.text) for i in items))
-        return FastJSONResponse(
+        return JSONResponse(
             {
                 "object": "list",
                 "model": result.model,
