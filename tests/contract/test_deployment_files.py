@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 import yaml
 
+from adapters.model_provisioning import pip_download
 from tests.support import API_KEY, free_port, serve, wait_http_ready
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,21 +33,8 @@ def compose_schema() -> dict[str, Any]:
     schema_file = CACHE / "compose_spec.json"
     if not schema_file.exists():
         CACHE.mkdir(exist_ok=True)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "-q",
-                "-d",
-                str(CACHE / "wheels"),
-                "docker-compose==1.29.2",
-            ],
-            check=True,
-        )
-        wheel = next((CACHE / "wheels").glob("docker_compose-1.29.2-*.whl"))
+        wheels = pip_download(["docker-compose==1.29.2"], CACHE / "wheels")
+        wheel = next(w for w in wheels if w.name.startswith("docker_compose-1.29.2-"))
         with zipfile.ZipFile(wheel) as zf:
             schema_file.write_bytes(zf.read("compose/config/compose_spec.json"))
     schema: dict[str, Any] = json.loads(schema_file.read_text())
