@@ -94,13 +94,14 @@ class GetHealth:
 
 
 class GetMetadata:
-    """Describe the served model: name, dimension, max sequence length, revision, checksum, library version."""
+    """Describe the served model (name, dimension, revision, checksum, library version) and the request limits."""
 
-    def __init__(self, host: ModelHost) -> None:
+    def __init__(self, host: ModelHost, limits: Limits) -> None:
         self._host = host
+        self._limits = limits
 
-    def execute(self) -> ModelInfo:
-        return self._host.embedder().info
+    def execute(self) -> tuple[ModelInfo, Limits]:
+        return self._host.embedder().info, self._limits
 
 
 class AuthenticateCaller:

@@ -65,7 +65,7 @@ class Container(containers.DeclarativeContainer):
     embed_one = providers.Factory(EmbedOne, host, scheduler, limits)
     embed_batch = providers.Factory(EmbedBatch, host, scheduler, limits)
     get_health = providers.Factory(GetHealth, host)
-    get_metadata = providers.Factory(GetMetadata, host)
+    get_metadata = providers.Factory(GetMetadata, host, limits)
     authenticate = providers.Singleton(AuthenticateCaller, config.api_keys)
 
 

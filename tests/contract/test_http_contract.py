@@ -1,4 +1,4 @@
-"""The peoplepad HTTP contract, pinned as whole JSON bodies on the deterministic fake embedder."""
+"""The HTTP contract of both clients (peoplepad, events app), pinned as whole JSON bodies on the fake embedder."""
 
 from __future__ import annotations
 
@@ -68,11 +68,67 @@ def test_embed_batch_echoes_ids_in_order(client: TestClient) -> None:
     }
 
 
+def test_embed_texts_dialect(client: TestClient) -> None:
+    texts = ["Jazz night at the harbour", "Farmers market", "Jazz night at the harbour", ""]
+    response = client.post("/embed", json={"texts": texts}, headers=AUTH)
+    assert response.status_code == 200
+    body = response.json()
+    elapsed = body.pop("processing_time_ms")
+    assert isinstance(elapsed, float) and 0 <= elapsed < 10_000
+    assert body == {"embeddings": [vector(t) for t in texts], "model": "all-mpnet-base-v2"}
+
+
+def test_both_dialects_give_the_same_vector(client: TestClient) -> None:
+    one = client.post("/embed", json={"input": "Concert in the park"}, headers=AUTH).json()
+    many = client.post("/embed", json={"texts": ["Concert in the park"], "model": "all-mpnet-base-v2"}, headers=AUTH)
+    assert many.json()["embeddings"] == [one["data"][0]["embedding"]]
+
+
+def test_texts_dialect_limits(client: TestClient) -> None:
+    too_many = client.post("/embed", json={"texts": ["event"] * 101}, headers=AUTH)
+    assert (too_many.status_code, error(too_many)) == (
+        413,
+        {
+            "type": "batch_too_large",
+            "message": "batch holds 101 inputs; the limit is 100. Split it into requests of at most 100 inputs.",
+            "size": 101,
+            "limit": 100,
+        },
+    )
+    empty = client.post("/embed", json={"texts": []}, headers=AUTH)
+    assert (empty.status_code, error(empty)) == (
+        400,
+        {"type": "invalid_input", "message": "no inputs given; send at least one text."},
+    )
+    wrong = client.post("/embed", json={"texts": ["ok", 7]}, headers=AUTH)
+    assert (wrong.status_code, error(wrong)) == (
+        422,
+        {
+            "type": "invalid_request",
+            "message": "invalid request body: body.texts.1: Input should be a valid string",
+            "problems": [{"location": "body.texts.1", "message": "Input should be a valid string"}],
+        },
+    )
+    long = client.post("/embed", json={"texts": ["ok", "x" * 51]}, headers=AUTH)
+    assert (long.status_code, error(long)["type"], error(long)["length"]) == (400, "input_too_long", 51)
+    neither = client.post("/embed", json={"text": "typo"}, headers=AUTH)
+    assert (neither.status_code, error(neither)["problems"]) == (
+        422,
+        [{"location": "body.input", "message": "Field required"}],
+    )
+
+
 def test_health_when_ready(client: TestClient) -> None:
     response = client.get("/health")
     assert (response.status_code, response.json()) == (
         200,
-        {"status": "ok", "model": "all-mpnet-base-v2", "ready": True},
+        {
+            "status": "ok",
+            "ready": True,
+            "model": "all-mpnet-base-v2",
+            "model_loaded": True,
+            "model_name": "all-mpnet-base-v2",
+        },
     )
 
 
@@ -89,6 +145,8 @@ def test_metadata(client: TestClient) -> None:
         "library": "sentence-transformers",
         "library_version": "fake",
         "device": "cpu",
+        "max_batch_size": 100,
+        "max_input_length": 50,
     }
 
 
@@ -306,7 +364,13 @@ def test_503_not_ready_while_the_model_loads() -> None:
         health = client.get("/health")
         assert (health.status_code, health.json()) == (
             503,
-            {"status": "loading", "model": "all-mpnet-base-v2", "ready": False},
+            {
+                "status": "loading",
+                "ready": False,
+                "model": "all-mpnet-base-v2",
+                "model_loaded": False,
+                "model_name": "all-mpnet-base-v2",
+            },
         )
         embed = client.post("/embed", json={"input": "x"}, headers=AUTH)
         assert embed.status_code == 503
@@ -328,7 +392,13 @@ def test_failed_model_load_keeps_health_503() -> None:
                 break
         assert (health.status_code, health.json()) == (
             503,
-            {"status": "error", "model": "all-mpnet-base-v2", "ready": False},
+            {
+                "status": "error",
+                "ready": False,
+                "model": "all-mpnet-base-v2",
+                "model_loaded": False,
+                "model_name": "all-mpnet-base-v2",
+            },
         )
 
 
@@ -363,6 +433,24 @@ def test_openapi_paths_snapshot(client: TestClient) -> None:
     }
     assert spec["components"]["schemas"]["EmbedBatchRequest"]["required"] == ["inputs"]
     assert spec["components"]["schemas"]["BatchInput"]["required"] == ["id", "text"]
+    assert spec["components"]["schemas"]["EmbedTextsRequest"]["required"] == ["texts"]
+    assert spec["components"]["schemas"]["EmbedTextsResponse"]["required"] == [
+        "embeddings",
+        "model",
+        "processing_time_ms",
+    ]
+    assert spec["components"]["schemas"]["HealthResponse"]["required"] == [
+        "status",
+        "ready",
+        "model",
+        "model_loaded",
+        "model_name",
+    ]
+    dialects = spec["paths"]["/embed"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+    assert dialects == [
+        {"$ref": "#/components/schemas/EmbedRequest"},
+        {"$ref": "#/components/schemas/EmbedTextsRequest"},
+    ]
 
 
 def test_logs_use_the_agreed_format_and_never_keys_or_texts(

@@ -103,15 +103,50 @@ def test_mpnet_metadata_reports_the_loaded_model(mpnet: TestClient, direct_mpnet
     assert body["max_seq_length"] == direct_mpnet.max_seq_length == 384
     assert body["library_version"] == sentence_transformers.__version__
     assert body["weights_sha256"] == "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
-    assert mpnet.get("/health").json() == {"status": "ok", "model": "all-mpnet-base-v2", "ready": True}
+    assert mpnet.get("/health").json() == {
+        "status": "ok",
+        "ready": True,
+        "model": "all-mpnet-base-v2",
+        "model_loaded": True,
+        "model_name": "all-mpnet-base-v2",
+    }
 
 
-def test_minilm_container_choice_serves_384_dimensions() -> None:
-    direct = SentenceTransformer(str(model_dir("all-MiniLM-L6-v2")), device="cpu")
+@pytest.fixture(scope="module")
+def minilm() -> Iterator[TestClient]:
+    model_dir("all-MiniLM-L6-v2")
     with served("all-MiniLM-L6-v2") as client:
         wait_ready(client)
-        response = client.post("/embed", json={"input": TEXTS[1], "model": "all-MiniLM-L6-v2"}, headers=AUTH)
-        assert response.json()["model"] == "all-MiniLM-L6-v2"
-        vector = np.array([response.json()["data"][0]["embedding"]], dtype=np.float32)
+        yield client
+
+
+@pytest.fixture(scope="module")
+def direct_minilm() -> SentenceTransformer:
+    return SentenceTransformer(str(model_dir("all-MiniLM-L6-v2")), device="cpu")
+
+
+def test_minilm_container_choice_serves_384_dimensions(minilm: TestClient, direct_minilm: SentenceTransformer) -> None:
+    response = minilm.post("/embed", json={"input": TEXTS[1], "model": "all-MiniLM-L6-v2"}, headers=AUTH)
+    assert response.json()["model"] == "all-MiniLM-L6-v2"
+    vector = np.array([response.json()["data"][0]["embedding"]], dtype=np.float32)
     assert vector.shape == (1, 384)
-    assert cosines(vector, direct.encode([TEXTS[1]], normalize_embeddings=True))[0] >= 0.99999
+    assert cosines(vector, direct_minilm.encode([TEXTS[1]], normalize_embeddings=True))[0] >= 0.99999
+
+
+def test_events_dialect_with_real_minilm(minilm: TestClient, direct_minilm: SentenceTransformer) -> None:
+    texts = [f"Event {i}: {TEXTS[i % len(TEXTS)][:200]}" for i in range(100)]
+    response = minilm.post("/embed", json={"texts": texts}, headers=AUTH)
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["model"], len(body["embeddings"])) == ("all-MiniLM-L6-v2", 100)
+    assert 0 < body["processing_time_ms"] < 60_000
+    vectors = np.array(body["embeddings"], dtype=np.float32)
+    assert vectors.shape == (100, 384)
+    assert cosines(vectors, direct_minilm.encode(texts, normalize_embeddings=True)).min() >= 0.99999
+    assert minilm.get("/health").json() == {
+        "status": "ok",
+        "ready": True,
+        "model": "all-MiniLM-L6-v2",
+        "model_loaded": True,
+        "model_name": "all-MiniLM-L6-v2",
+    }

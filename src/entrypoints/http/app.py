@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -19,10 +20,13 @@ from entrypoints.container import Container, build_container
 from entrypoints.http.errors import domain_error_response, error_body, internal_error_response
 from entrypoints.http.middleware import AccessLog, BodySizeLimit
 from entrypoints.http.schemas import (
+    DIALECT_TAGS,
+    EmbedAnyRequest,
     EmbedBatchRequest,
     EmbedBatchResponse,
     EmbedRequest,
     EmbedResponse,
+    EmbedTextsResponse,
     ErrorResponse,
     HealthResponse,
     MetadataResponse,
@@ -63,6 +67,13 @@ def authenticated(request: Request, authorization: Annotated[str | None, Header(
     container_of(request).authenticate().execute(presented)
 
 
+def _location(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """Drop the dialect tag pydantic inserts for the POST /embed union: body.texts.texts.0 -> body.texts.0."""
+    if len(loc) > 2 and loc[0] == "body" and loc[1] in DIALECT_TAGS:
+        return (loc[0], *loc[2:])
+    return loc
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     check_startup(settings)
@@ -88,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
-            {"location": ".".join(str(p) for p in err.get("loc", ())), "message": err.get("msg", "")}
+            {"location": ".".join(str(p) for p in _location(err.get("loc", ()))), "message": err.get("msg", "")}
             for err in exc.errors()
         ]
         summary = "; ".join(f"{p['location']}: {p['message']}" for p in problems)
@@ -106,16 +117,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     auth = [Depends(authenticated)]
 
-    @app.post("/embed", response_model=EmbedResponse, responses=ERRORS, dependencies=auth)
-    async def embed(body: EmbedRequest, use_case: Annotated[EmbedOne, Depends(embed_one)]) -> JSONResponse:
-        result = await use_case.execute(body.input, body.model, body.encoding_format)
-        log.info("embedded 1 text (%d chars)", len(body.input))
-        item = result.items[0]
+    @app.post("/embed", response_model=EmbedResponse | EmbedTextsResponse, responses=ERRORS, dependencies=auth)
+    async def embed(
+        body: EmbedAnyRequest,
+        one: Annotated[EmbedOne, Depends(embed_one)],
+        many: Annotated[EmbedBatch, Depends(embed_batch)],
+    ) -> JSONResponse:
+        if isinstance(body, EmbedRequest):
+            result = await one.execute(body.input, body.model, body.encoding_format)
+            log.info("embedded 1 text (%d chars)", len(body.input))
+            item = result.items[0]
+            return JSONResponse(
+                {
+                    "object": "list",
+                    "model": result.model,
+                    "data": [{"object": "embedding", "embedding": item.embedding.tolist(), "index": item.index}],
+                }
+            )
+        started = time.perf_counter()
+        result = await many.execute([TextItem(id=None, text=text) for text in body.texts], body.model)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        log.info("embedded %d texts (%d chars)", len(body.texts), sum(len(t) for t in body.texts))
         return JSONResponse(
             {
-                "object": "list",
+                "embeddings": [item.embedding.tolist() for item in result.items],
                 "model": result.model,
-                "data": [{"object": "embedding", "embedding": item.embedding.tolist(), "index": item.index}],
+                "processing_time_ms": round(elapsed_ms, 3),
             }
         )
 
@@ -145,12 +172,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def health(use_case: Annotated[GetHealth, Depends(get_health)]) -> JSONResponse:
         report = use_case.execute()
-        body = HealthResponse(status=report.status, model=report.model, ready=report.ready)
+        body = HealthResponse(
+            status=report.status,
+            ready=report.ready,
+            model=report.model,
+            model_loaded=report.ready,
+            model_name=report.model,
+        )
         return JSONResponse(body.model_dump(), 200 if report.ready else 503)
 
     @app.get("/metadata", response_model=MetadataResponse, responses=ERRORS, dependencies=auth)
     async def metadata(use_case: Annotated[GetMetadata, Depends(get_metadata)]) -> MetadataResponse:
-        info = use_case.execute()
+        info, limits = use_case.execute()
         spec = info.spec
         return MetadataResponse(
             model=spec.name,
@@ -162,6 +195,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             library="sentence-transformers",
             library_version=info.library_version,
             device=info.device,
+            max_batch_size=limits.max_batch_size,
+            max_input_length=limits.max_input_length,
         )
 
     return app

@@ -1,16 +1,38 @@
-"""Request and response bodies of the HTTP API (the peoplepad contract)."""
+"""Request and response bodies of the HTTP API: the peoplepad dialect and the events-app dialect of POST /embed."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 
 class EmbedRequest(BaseModel):
+    """peoplepad dialect: one text."""
+
     input: str = Field(description="the text to embed")
     model: str | None = Field(None, description="served model: short name or hub id")
     encoding_format: str = "float"
+
+
+class EmbedTextsRequest(BaseModel):
+    """events-app dialect: a list of texts (1 to MAX_BATCH_SIZE)."""
+
+    texts: list[str] = Field(description="texts to embed, answered in the same order")
+    model: str | None = Field(None, description="served model: short name or hub id")
+
+
+DIALECT_TAGS = ("input", "texts")
+
+
+def _dialect(body: Any) -> str:
+    return "texts" if isinstance(body, dict) and "texts" in body else "input"
+
+
+EmbedAnyRequest = Annotated[
+    Annotated[EmbedRequest, Tag("input")] | Annotated[EmbedTextsRequest, Tag("texts")],
+    Discriminator(_dialect),
+]
 
 
 class EmbeddingData(BaseModel):
@@ -23,6 +45,12 @@ class EmbedResponse(BaseModel):
     object: Literal["list"] = "list"
     model: str
     data: list[EmbeddingData]
+
+
+class EmbedTextsResponse(BaseModel):
+    embeddings: list[list[float]]
+    model: str
+    processing_time_ms: float
 
 
 class BatchInput(BaseModel):
@@ -51,9 +79,13 @@ class EmbedBatchResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
+    """One body for both clients: peoplepad reads status/model/ready, the events app model_loaded/model_name."""
+
     status: str
-    model: str
     ready: bool
+    model: str
+    model_loaded: bool
+    model_name: str
 
 
 class MetadataResponse(BaseModel):
@@ -66,6 +98,8 @@ class MetadataResponse(BaseModel):
     library: str
     library_version: str
     device: str
+    max_batch_size: int
+    max_input_length: int
 
 
 class ErrorDetail(BaseModel):
