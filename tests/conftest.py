@@ -9,5 +9,12 @@ from hypothesis import settings
 settings.register_profile("default", max_examples=60, deadline=None)
 settings.load_profile("default")
 
-for variable in ("PEOPLEPAD_CLIENT_KEY", "EMBEDDING_API_KEY", "ALLOW_UNAUTHENTICATED", "EMBEDDER_BACKEND"):
+for variable in (
+    "PEOPLEPAD_CLIENT_KEY",
+    "EMBEDDING_API_KEY",
+    "ALLOW_UNAUTHENTICATED",
+    "EMBEDDER_BACKEND",
+    "EMBEDDING_SERVICE_URL",
+    "EMBEDDING_MODEL",
+):
     os.environ.pop(variable, None)

@@ -63,7 +63,7 @@ def serve(env: dict[str, str], tmp_path: Path) -> subprocess.Popen[str]:
     )
 
 
-def wait_http_ready(process: subprocess.Popen[str], port: int, timeout_s: float = 60) -> str:
+def wait_http_ready(process: subprocess.Popen[str] | None, port: int, timeout_s: float = 60) -> str:
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
     while True:
@@ -72,5 +72,6 @@ def wait_http_ready(process: subprocess.Popen[str], port: int, timeout_s: float 
                 return base
         except httpx.TransportError:
             pass
-        assert time.monotonic() < deadline and process.poll() is None, "server did not become ready"
+        alive = process is None or process.poll() is None
+        assert time.monotonic() < deadline and alive, "server did not become ready"
         time.sleep(0.1)

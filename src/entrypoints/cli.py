@@ -1,4 +1,4 @@
-"""Command line: `embedding-service serve`, `embedding-service models pull NAME`, `embedding-service keygen`."""
+"""Command line: `embedding-service serve`, `models pull NAME`, `embed-file IN OUT`, `keygen`, `ensure-env-key`."""
 
 from __future__ import annotations
 
@@ -59,6 +59,44 @@ def pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def embed_file(args: argparse.Namespace) -> int:
+    """Embed IN.jsonl into OUT.jsonl with the service (or in-process), resuming where a previous run stopped."""
+    from embedding_client import EmbeddingClient, EmbeddingClientError
+    from embedding_client.jobs import EmbedFileJob
+
+    try:
+        job = EmbedFileJob(Path(args.input), Path(args.output))
+        model = args.model or job.output_model
+        with EmbeddingClient(
+            service_url=args.service_url,
+            fallback_to_local=not args.no_fallback,
+            timeout=args.timeout,
+            model=model,
+            max_retries=args.max_retries,
+        ) as client:
+            report = job.run(client, chunk_size=args.chunk_size, progress=not args.no_progress)
+    except FileNotFoundError as exc:
+        log.error("no such file: %s", exc.filename)
+        return 2
+    except EmbeddingClientError as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        log.warning("interrupted; every record written so far is kept: run the same command again to resume")
+        return 130
+    sources = ", ".join(f"{n} by {source}" for source, n in sorted(report.by_source.items())) or "none new"
+    log.info(
+        "%s: %d records with %s; %d embedded now (%s), %d were already done",
+        args.output,
+        report.total,
+        report.model,
+        report.embedded,
+        sources,
+        report.already_done,
+    )
+    return 0
+
+
 def keygen(_: argparse.Namespace) -> int:
     print(secrets.token_urlsafe(32))
     return 0
@@ -110,6 +148,23 @@ def parser() -> argparse.ArgumentParser:
     pull_cmd.add_argument("name", choices=sorted({a for s in KNOWN_MODELS.values() for a in s.aliases}))
     pull_cmd.add_argument("--path", help="model folder root (default: MODEL_PATH)")
     pull_cmd.set_defaults(func=pull)
+
+    file_cmd = commands.add_parser(
+        "embed-file",
+        help="embed a JSONL file of {id, text} lines into {id, model, embedding} lines; resumable",
+        description="Uses EMBEDDING_SERVICE_URL / EMBEDDING_API_KEY, falling back to the same model in-process. "
+        "Re-running after a crash or Ctrl-C continues where it stopped.",
+    )
+    file_cmd.add_argument("input", metavar="IN.jsonl")
+    file_cmd.add_argument("output", metavar="OUT.jsonl")
+    file_cmd.add_argument("--model", help="model to embed with (default: OUT's model, EMBEDDING_MODEL, the service's)")
+    file_cmd.add_argument("--service-url", help="default: EMBEDDING_SERVICE_URL")
+    file_cmd.add_argument("--no-fallback", action="store_true", help="fail instead of embedding in-process")
+    file_cmd.add_argument("--chunk-size", type=int, default=256, help="records written (and fsync'ed) at a time")
+    file_cmd.add_argument("--timeout", type=float, default=60.0, help="seconds per HTTP request")
+    file_cmd.add_argument("--max-retries", type=int, default=10, help="retries of 429/503 answers")
+    file_cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
+    file_cmd.set_defaults(func=embed_file)
 
     keygen_cmd = commands.add_parser("keygen", help="print a new random API key")
     keygen_cmd.set_defaults(func=keygen)

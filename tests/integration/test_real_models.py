@@ -11,8 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sentence_transformers import SentenceTransformer
 
+from embedding_client import EmbeddingClient
 from entrypoints.http.app import create_app
-from tests.support import AUTH, MODEL_ROOT, fake_settings, model_dir, wait_ready
+from tests.support import API_KEY, AUTH, MODEL_ROOT, fake_settings, model_dir, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -150,3 +151,22 @@ def test_events_dialect_with_real_minilm(minilm: TestClient, direct_minilm: Sent
         "model_loaded": True,
         "model_name": "all-MiniLM-L6-v2",
     }
+
+
+def test_client_service_and_local_fallback_give_the_same_minilm_vectors(
+    minilm: TestClient, direct_minilm: SentenceTransformer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    texts = [f"{t[:300]} #{i}" for i, t in enumerate(TEXTS * 40)]  # 240 texts: three requests of <= 100
+    remote = EmbeddingClient("http://testserver", API_KEY, model="all-MiniLM-L6-v2", http_client=minilm)
+    via_service = remote.embed(texts)
+    assert remote.last_source == "service"
+    monkeypatch.setenv("MODEL_PATH", str(MODEL_ROOT))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "true")
+    monkeypatch.setenv("DEVICE", "cpu")
+    local = EmbeddingClient(service_url="", model="all-MiniLM-L6-v2")
+    in_process = local.embed(texts)
+    assert local.last_source == "local"
+    assert via_service.shape == in_process.shape == (240, 384)
+    np.testing.assert_allclose(via_service, in_process, atol=1e-5)
+    assert cosines(via_service, in_process).min() >= 0.99999
+    assert cosines(in_process, direct_minilm.encode(texts, normalize_embeddings=True)).min() >= 0.99999

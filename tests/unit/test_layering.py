@@ -72,3 +72,18 @@ def test_building_the_app_and_host_does_not_import_torch(backend: str) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("path", files("embedding_client"), ids=lambda p: str(p.relative_to(SRC)))
+def test_client_library_never_imports_the_http_server_or_ml(path: Path) -> None:
+    forbidden = {"fastapi", "starlette", "uvicorn", "entrypoints.http", "torch", "sentence_transformers"}
+    assert imported_modules(path).isdisjoint(forbidden), path
+
+
+def test_importing_the_client_loads_no_torch_until_the_local_fallback_runs() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, embedding_client; print('torch' in sys.modules, 'fastapi' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
