@@ -22,5 +22,9 @@ RUN pip install -c constraints.txt -e . \
     && mkdir -p /var/lib/embedding-models \
     && chown app /var/lib/embedding-models
 
+# Declared after the chown: Docker named volumes and ECS Fargate bind mounts at this path start as a copy of it,
+# owned by the app user (an undeclared Fargate bind mount is root-owned and unwritable with USER 10001).
+VOLUME ["/var/lib/embedding-models"]
+
 USER 10001
-EXPOSE 8080
+EXPOSE 8080 8003

