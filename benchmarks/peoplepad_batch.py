@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,18 +18,12 @@ from pathlib import Path
 import httpx
 from sentence_transformers import SentenceTransformer
 
-KEY = "benchmark-key"
+from common import KEY, running_service
+
 
 
 def contacts(n: int) -> list[str]:
     return [f"Contact {i}: Jane Doe {i}, ACME Corp, jane{i}@example.com, met at conference {i % 7}" for i in range(n)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def main() -> int:
@@ -41,26 +33,9 @@ def main() -> int:
     parser.add_argument("--model-path", default=os.environ.get("MODEL_PATH", "./models"))
     args = parser.parse_args()
 
-    port = free_port()
-    env = {**os.environ, "MODEL_NAME": args.model, "MODEL_PATH": args.model_path, "EMBEDDING_API_KEY": KEY,
-           "HF_HUB_OFFLINE": "true", "DEVICE": "cpu", "TIMEOUT_SECONDS": "120"}
-    server = subprocess.Popen([sys.executable, "-m", "entrypoints.cli", "serve", "--host", "127.0.0.1",
-                               "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with running_service(args.model, args.model_path) as base:
         model = SentenceTransformer(str(Path(args.model_path) / args.model), device="cpu")
-        base = f"http://127.0.0.1:{port}"
         client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=120)
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if client.get("/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("service did not become ready")
-            time.sleep(0.2)
-
         texts = contacts(100)
         batch_body = {"inputs": [{"id": str(i), "text": t} for i, t in enumerate(texts)]}
         raw_batch, svc_batch, raw_one, svc_one = [], [], [], []
@@ -88,9 +63,6 @@ def main() -> int:
               f"service/raw throughput = {rb / sb:.2f}x")
         print(f"single text: in-process {ro * 1000:.1f} ms, service {so * 1000:.1f} ms, "
               f"service/raw latency = {so / ro:.2f}x")
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     return 0
 
 

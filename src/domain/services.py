@@ -6,7 +6,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 
@@ -64,6 +64,28 @@ class ModelHost:
         if self._embedder is None:
             raise ModelNotReady(self.spec.name)
         return self._embedder
+
+
+def embed_by_length(
+    embedder: Embedder, texts: Sequence[str], batch_size: int, before_batch: Callable[[], None] | None = None
+) -> Vectors:
+    """Embed `texts` in batches of similar length (less padding), returning rows in input order.
+
+    `before_batch` runs before each batch and may raise to stop the work.
+    """
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+    out: Vectors | None = None
+    for start in range(0, len(order), batch_size):
+        if before_batch is not None:
+            before_batch()
+        idx = order[start : start + batch_size]
+        vectors = embedder.embed([texts[i] for i in idx])
+        if out is None:
+            out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+        out[idx] = vectors
+    if out is None:
+        raise ValueError("nothing to embed")
+    return out
 
 
 class _Abandoned(Exception):
@@ -125,19 +147,11 @@ class InferenceScheduler:
             raise BackendFailure() from None
 
     def _compute(self, embedder: Embedder, texts: list[str], cancelled: threading.Event, deadline: float) -> Vectors:
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-        out: Vectors | None = None
-        for start in range(0, len(order), self._micro_batch_size):
+        def still_wanted() -> None:
             if cancelled.is_set() or time.monotonic() > deadline:
                 raise _Abandoned()
-            idx = order[start : start + self._micro_batch_size]
-            vectors = embedder.embed([texts[i] for i in idx])
-            if out is None:
-                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
-            out[idx] = vectors
-        if out is None:
-            raise ValueError("nothing to embed")
-        return out
+
+        return embed_by_length(embedder, texts, self._micro_batch_size, still_wanted)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from domain.model import ModelSpec, Vectors, resolve_model
 from domain.ports import Embedder
+from domain.services import embed_by_length
 from embedding_client.errors import (
     ClientConfigurationError,
     EmbeddingRequestError,
@@ -301,6 +302,6 @@ class EmbeddingClient:
                 self._local = self._load_local(spec)
         if self._local.info.spec != spec:
             raise ModelMismatchError(f"local embedder is {self._local.info.spec.name}, not {spec.name}")
-        parts = [self._local.embed(chunk[i : i + LOCAL_BATCH]) for i in range(0, len(chunk), LOCAL_BATCH)]
+        vectors = embed_by_length(self._local, chunk, LOCAL_BATCH)
         self.last_source = "local"
-        return np.concatenate(parts).astype(np.float32, copy=False)
+        return vectors
