@@ -18,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from common import KEY, running_service
 from sentence_transformers import SentenceTransformer
 
-from common import KEY, running_service
 from embedding_client import EmbeddingClient
 
 MODEL = "all-MiniLM-L6-v2"

@@ -16,10 +16,8 @@ import time
 from pathlib import Path
 
 import httpx
-from sentence_transformers import SentenceTransformer
-
 from common import KEY, running_service
-
+from sentence_transformers import SentenceTransformer
 
 
 def contacts(n: int) -> list[str]:
