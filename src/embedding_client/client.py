@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 import numpy as np
@@ -73,6 +73,16 @@ def _error_of(response: httpx.Response) -> tuple[str, str]:
         return str(error["type"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
         return "http_error", response.text[:200] or response.reason_phrase
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        value = response.json()
+    except ValueError:
+        raise _ServiceDown(f"{response.status_code} answer is not JSON") from None
+    if not isinstance(value, dict):
+        raise _ServiceDown(f"{response.status_code} answer is not a JSON object")
+    return value
 
 
 class EmbeddingClient:
@@ -149,6 +159,8 @@ class EmbeddingClient:
 
     def embed(self, texts: Sequence[str], *, progress: bool | None = None) -> Vectors:
         """Embed `texts` in order: an (n, dimension) float32 array of L2-normalized rows."""
+        if isinstance(texts, str):
+            raise TypeError("embed() takes a list of texts; use embed_one() for a single text")
         items = list(texts)
         if not all(isinstance(t, str) for t in items):
             raise TypeError("texts must be strings")
@@ -235,7 +247,7 @@ class EmbeddingClient:
     # -- service ------------------------------------------------------------------------------------------
 
     def _verify_service(self) -> None:
-        meta = self._request("GET", "/metadata").json()
+        meta = _json_object(self._request("GET", "/metadata"))
         served_name = str(meta.get("model"))
         try:
             served = resolve_model(served_name)
@@ -260,7 +272,7 @@ class EmbeddingClient:
     def _embed_remote(self, chunk: list[str]) -> Vectors:
         spec = self._require_spec()
         body = json.dumps({"texts": chunk, "model": spec.name}, ensure_ascii=False).encode()
-        answer = self._request("POST", "/embed", body).json()
+        answer = _json_object(self._request("POST", "/embed", body))
         if answer.get("model") != spec.name:
             raise ModelMismatchError(f"the service answered with model {answer.get('model')!r}, not {spec.name}")
         vectors = np.asarray(answer.get("embeddings"), dtype=np.float32)

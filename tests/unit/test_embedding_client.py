@@ -113,6 +113,8 @@ def test_without_a_url_or_model_it_says_what_to_set() -> None:
         EmbeddingClient(fallback_to_local=False)
     with pytest.raises(ClientConfigurationError, match="unknown model 'gpt'"):
         EmbeddingClient(model="gpt")
+    with pytest.raises(TypeError, match="use embed_one"):
+        EmbeddingClient(model="all-MiniLM-L6-v2", local_loader=fake_local).embed("one text")
 
 
 def test_unreachable_service_falls_back_to_local(caplog: pytest.LogCaptureFixture) -> None:
@@ -176,10 +178,13 @@ class ScriptedService:
         self.up = True
         self.retry_after = "2"
         self.embed_calls = 0
+        self.broken_proxy = False
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if not self.up:
             raise httpx.ConnectError("connection refused", request=request)
+        if self.broken_proxy:
+            return httpx.Response(200, text="<html>gateway</html>")
         if request.url.path == "/metadata":
             s = self.spec
             meta = {"model": s.name, "revision": s.revision, "weights_sha256": s.weights_sha256, "max_batch_size": 100}
@@ -240,6 +245,14 @@ def test_service_is_tried_again_after_an_outage() -> None:
     service.up = True
     np.testing.assert_array_equal(client.embed(["b", "c"]), expected(["b", "c"]))
     assert (client.last_source, service.embed_calls) == ("service", 1)
+
+
+def test_a_non_json_answer_counts_as_an_outage() -> None:
+    service = ScriptedService()
+    service.broken_proxy = True
+    client, _ = scripted_client(service)
+    np.testing.assert_array_equal(client.embed(["a"]), expected(["a"]))
+    assert client.last_source == "local"
 
 
 def test_a_redeployed_service_with_another_model_is_refused_mid_job() -> None:
