@@ -32,6 +32,12 @@ def client() -> Iterator[TestClient]:
         yield test_client
 
 
+def health_body(status: str, ready: bool) -> dict[str, Any]:
+    """The one /health body both clients read: peoplepad's status/model/ready, the events app's model_*."""
+    name = "all-mpnet-base-v2"
+    return {"status": status, "ready": ready, "model": name, "model_loaded": ready, "model_name": name}
+
+
 def error(response: Any) -> dict[str, Any]:
     body: dict[str, Any] = response.json()["error"]
     return body
@@ -122,13 +128,7 @@ def test_health_when_ready(client: TestClient) -> None:
     response = client.get("/health")
     assert (response.status_code, response.json()) == (
         200,
-        {
-            "status": "ok",
-            "ready": True,
-            "model": "all-mpnet-base-v2",
-            "model_loaded": True,
-            "model_name": "all-mpnet-base-v2",
-        },
+        health_body("ok", ready=True),
     )
 
 
@@ -364,13 +364,7 @@ def test_503_not_ready_while_the_model_loads() -> None:
         health = client.get("/health")
         assert (health.status_code, health.json()) == (
             503,
-            {
-                "status": "loading",
-                "ready": False,
-                "model": "all-mpnet-base-v2",
-                "model_loaded": False,
-                "model_name": "all-mpnet-base-v2",
-            },
+            health_body("loading", ready=False),
         )
         embed = client.post("/embed", json={"input": "x"}, headers=AUTH)
         assert embed.status_code == 503
@@ -392,13 +386,7 @@ def test_failed_model_load_keeps_health_503() -> None:
                 break
         assert (health.status_code, health.json()) == (
             503,
-            {
-                "status": "error",
-                "ready": False,
-                "model": "all-mpnet-base-v2",
-                "model_loaded": False,
-                "model_name": "all-mpnet-base-v2",
-            },
+            health_body("error", ready=False),
         )
 
 

@@ -39,17 +39,25 @@ def served(model_name: str) -> TestClient:
     return TestClient(create_app(settings))
 
 
-@pytest.fixture(scope="module")
-def mpnet() -> Iterator[TestClient]:
-    model_dir("all-mpnet-base-v2")
-    with served("all-mpnet-base-v2") as client:
+def serving(model_name: str) -> Iterator[TestClient]:
+    model_dir(model_name)
+    with served(model_name) as client:
         wait_ready(client)
         yield client
 
 
+def direct(model_name: str) -> SentenceTransformer:
+    return SentenceTransformer(str(model_dir(model_name)), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def mpnet() -> Iterator[TestClient]:
+    yield from serving("all-mpnet-base-v2")
+
+
 @pytest.fixture(scope="module")
 def direct_mpnet() -> SentenceTransformer:
-    return SentenceTransformer(str(model_dir("all-mpnet-base-v2")), device="cpu")
+    return direct("all-mpnet-base-v2")
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -115,15 +123,12 @@ def test_mpnet_metadata_reports_the_loaded_model(mpnet: TestClient, direct_mpnet
 
 @pytest.fixture(scope="module")
 def minilm() -> Iterator[TestClient]:
-    model_dir("all-MiniLM-L6-v2")
-    with served("all-MiniLM-L6-v2") as client:
-        wait_ready(client)
-        yield client
+    yield from serving("all-MiniLM-L6-v2")
 
 
 @pytest.fixture(scope="module")
 def direct_minilm() -> SentenceTransformer:
-    return SentenceTransformer(str(model_dir("all-MiniLM-L6-v2")), device="cpu")
+    return direct("all-MiniLM-L6-v2")
 
 
 def test_minilm_container_choice_serves_384_dimensions(minilm: TestClient, direct_minilm: SentenceTransformer) -> None:
