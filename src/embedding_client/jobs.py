@@ -65,14 +65,14 @@ def read_records(path: Path) -> Iterator[tuple[int, Record]]:
             yield number, Record(record_id, text)
 
 
-def check_input(path: Path) -> int:
-    """Validate all of IN before any work (a bad line must not stop an overnight job halfway); count records."""
+def check_input(path: Path) -> set[str]:
+    """Validate all of IN before any work (a bad line must not stop an overnight job halfway); return its ids."""
     first_seen: dict[str, int] = {}
     for number, record in read_records(path):
         if record.key in first_seen:
             raise JobFileError(f"{path} line {number}: id {record.id!r} already used on line {first_seen[record.key]}")
         first_seen[record.key] = number
-    return len(first_seen)
+    return set(first_seen)
 
 
 def recover_output(path: Path) -> tuple[set[str], str | None]:
@@ -111,7 +111,8 @@ class EmbedFileJob:
 
     def __init__(self, in_path: Path, out_path: Path) -> None:
         self.in_path, self.out_path = in_path, out_path
-        self.total = check_input(in_path)
+        self.input_ids = check_input(in_path)
+        self.total = len(self.input_ids)
         self.done, self.output_model = recover_output(out_path)
 
     def run(self, client: EmbeddingClient, chunk_size: int = 256, progress: bool = True) -> JobReport:
@@ -121,7 +122,7 @@ class EmbedFileJob:
                 f"{self.out_path} holds {self.output_model} vectors but the client embeds with {model}; "
                 "refusing to mix them (pass --model, or write to a new file)"
             )
-        already = sum(1 for _, r in read_records(self.in_path) if r.key in self.done)
+        already = len(self.input_ids & self.done)
         report = JobReport(total=self.total, already_done=already, model=model)
         with (
             self.out_path.open("a", encoding="utf-8") as out,
