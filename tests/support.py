@@ -6,12 +6,17 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from entrypoints.settings import Settings
@@ -75,3 +80,17 @@ def wait_http_ready(process: subprocess.Popen[str] | None, port: int, timeout_s:
         alive = process is None or process.poll() is None
         assert time.monotonic() < deadline and alive, "server did not become ready"
         time.sleep(0.1)
+
+
+@contextmanager
+def uvicorn_app(app: FastAPI) -> Iterator[tuple[str, int]]:
+    """Serve `app` with a real uvicorn server in a thread on a free port; yields (base url, port) once ready."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield wait_http_ready(process=None, port=port), port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -14,7 +14,7 @@ from domain.model import ModelInfo, ModelSpec, Vectors
 
 class FakeEmbedder:
     def __init__(self, spec: ModelSpec, delay_per_text_s: float = 0.0) -> None:
-        self._info = ModelInfo(spec=spec, library_version="fake", device="cpu")
+        self._info = ModelInfo(spec=spec, library_version="fake", device="cpu", backend="fake")
         self._delay = delay_per_text_s
         self.calls: deque[int] = deque(maxlen=10_000)  # sizes of recent calls, for tests
 
@@ -27,6 +27,10 @@ class FakeEmbedder:
         if self._delay:
             time.sleep(self._delay * len(texts))
         return np.stack([self._vector(t) for t in texts]).astype(np.float32)
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Words plus two special tokens, truncated at the model's max sequence length."""
+        return [min(len(text.split()) + 2, self._info.spec.max_seq_length) for text in texts]
 
     def _vector(self, text: str) -> Vectors:
         seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")

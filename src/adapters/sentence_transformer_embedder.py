@@ -1,9 +1,13 @@
-"""sentence-transformers backend: the only module that imports torch, transformers and sentence_transformers."""
+"""torch backend (sentence-transformers): the only module that imports torch and sentence_transformers. Also exports
+the pipeline to ONNX and computes the fp32 reference vectors other backends must agree with."""
 
 from __future__ import annotations
 
+import json
 import logging
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +16,15 @@ import torch
 from sentence_transformers import SentenceTransformer
 from transformers.utils import logging as transformers_logging
 
+from adapters.backend_artifacts import (
+    EXPORT_DIR,
+    GRAPH_FILE,
+    INT8_GRAPH_FILE,
+    MANIFEST_FILE,
+    OPSET,
+    atomic_target,
+    export_manifest,
+)
 from domain.model import ModelInfo, ModelSpec, Vectors
 
 log = logging.getLogger(__name__)
@@ -45,15 +58,87 @@ class SentenceTransformerEmbedder:
             )
         return np.asarray(vectors, dtype=np.float32)
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        encoded = self._model.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=self._model.max_seq_length,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        return [len(ids) for ids in encoded["input_ids"]]
 
-def load_sentence_transformer(spec: ModelSpec, path: str, requested_device: str) -> SentenceTransformerEmbedder:
-    """Load verified weights from `path`, pre-warm them and wrap them as an Embedder."""
+
+def load_sentence_transformer(
+    spec: ModelSpec, path: str, requested_device: str, fp16: bool = False
+) -> SentenceTransformerEmbedder:
+    """Load verified weights from `path` (fp16 on a GPU when asked), pre-warm them and wrap them as an Embedder."""
     transformers_logging.disable_progress_bar()
     device = pick_device(requested_device)
+    if fp16 and not device.startswith("cuda"):
+        raise ValueError(f"fp16 needs a CUDA device; this one is {device!r} (use PRECISION=fp32 or auto)")
     model = SentenceTransformer(path, device=device, local_files_only=True)
     model.eval()
-    info = ModelInfo(spec=spec, library_version=sentence_transformers.__version__, device=device)
+    if fp16:
+        model.half()
+    info = ModelInfo(
+        spec=spec,
+        library_version=sentence_transformers.__version__,
+        device=device,
+        backend="torch",
+        precision="fp16" if fp16 else "fp32",
+    )
     embedder = SentenceTransformerEmbedder(model, info)
     embedder.embed(list(WARM_UP_TEXTS))
     log.info("model %s loaded from %s on %s and warmed up", spec.name, path, device)
     return embedder
+
+
+def reference_vectors(spec: ModelSpec, model_dir: Path, texts: Sequence[str]) -> Vectors:
+    """torch fp32 CPU vectors of `texts`: what every other backend must agree with."""
+    log.info("computing torch fp32 reference vectors of %s for the backend agreement check", spec.name)
+    model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True).eval()
+    with torch.inference_mode():
+        vectors = model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)
+    return np.asarray(vectors, dtype=np.float32)
+
+
+def export_onnx(spec: ModelSpec, model_dir: Path) -> Path:
+    """Export the model's whole sentence-transformers pipeline (transformer, pooling, normalization) to one ONNX
+    graph, stored beside the weights with a manifest naming the weights it was made from; returns the file."""
+    folder = model_dir / EXPORT_DIR
+    graph = folder / GRAPH_FILE
+    model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True).eval()
+
+    class Pipeline(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            features = {"input_ids": input_ids, "attention_mask": attention_mask}
+            embedding: torch.Tensor = self.model(features)["sentence_embedding"]
+            return embedding
+
+    sample = model.tokenizer(["an example", "a slightly longer example sentence"], padding=True, return_tensors="pt")
+    staging = atomic_target(graph)
+    dynamic = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
+    # The tracer warns that a few Python conditions (attention-mask checks) become constants: they hold for every
+    # input this graph gets (a mask is always passed), and the loader's agreement check verifies the result.
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator")
+        torch.onnx.export(
+            Pipeline(),
+            (sample["input_ids"], sample["attention_mask"]),
+            str(staging),
+            dynamo=False,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["sentence_embedding"],
+            dynamic_axes={**dynamic, "sentence_embedding": {0: "batch"}},
+            opset_version=OPSET,
+        )
+    staging.replace(graph)
+    (folder / INT8_GRAPH_FILE).unlink(missing_ok=True)  # derived from the old graph
+    (folder / MANIFEST_FILE).write_text(json.dumps(export_manifest(spec)))
+    return graph

@@ -103,3 +103,18 @@ class BackendFailure(DomainError):
 
 class ModelIntegrityError(DomainError):
     """Model weights on disk or from a source do not match the pinned checksum."""
+
+
+class BackendDisagrees(DomainError):
+    """A configured inference backend does not reproduce the torch fp32 vectors closely enough to be served."""
+
+    def __init__(self, backend: str, min_cosine: float, required: float) -> None:
+        super().__init__(
+            f"backend {backend} reached a minimum cosine of {min_cosine:.6f} against torch fp32 on the check texts; "
+            f"{required} is required. Refusing to serve it."
+        )
+        self.backend, self.min_cosine, self.required = backend, min_cosine, required
+
+    @property
+    def details(self) -> dict[str, object]:
+        return {"backend": self.backend, "min_cosine": self.min_cosine, "required": self.required}

@@ -37,6 +37,9 @@ class ModelInfo:
     spec: ModelSpec
     library_version: str
     device: str
+    backend: str = "torch"
+    precision: str = "fp32"
+    min_cosine_vs_torch: float | None = None  # None: this is the torch fp32 reference itself
 
 
 @dataclass(frozen=True)
@@ -89,3 +92,26 @@ def resolve_model(name: str) -> ModelSpec:
         if spec.answers_to(name):
             return spec
     raise KeyError(f"unknown model {name!r}; known: {', '.join(KNOWN_MODELS)}")
+
+
+# The fixed texts a non-reference backend (ONNX Runtime, OpenVINO, fp16, int8) must embed like torch fp32 before it
+# may serve: short and long, several scripts, numbers, an empty string and one longer than any model's limit.
+BACKEND_CHECK_TEXTS: tuple[str, ...] = (
+    "Ada Lovelace",
+    "Jane Doe, ACME Corp, jane.doe@example.com, +1 555 0100",
+    "Jazz night at the harbour with the Lisbon quartet, doors open 19:30",
+    "Farmers market",
+    "",
+    "a",
+    "Quarterly board meeting: review of the 2026 budget, hiring plan and the new office lease in Rotterdam.",
+    "Été à Paris — café, crème brûlée et musées; à bientôt !",
+    "Встреча с клиентом в пятницу в 10 утра",  # noqa: RUF001 (Cyrillic on purpose)
+    "東京で来週の木曜日に打ち合わせ",
+    "3.14159 2.71828 1.41421 42 1e-9 0xFF",
+    "Follow up with Dr. O'Neil re: invoice #4471 (overdue 30 days) and the revised statement of work.",
+    "the the the the the the the the the the",
+    "UPPERCASE SHOUTING ABOUT THE OPEN-AIR CINEMA ON THE PIER",
+    "Note: met at the regional sales conference. She leads procurement and asked for a follow-up call about the "
+    "renewal, pricing for the enterprise tier, onboarding for new staff and a demo of the reporting features.",
+    " ".join(f"word{i}" for i in range(600)),
+)

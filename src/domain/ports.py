@@ -17,6 +17,21 @@ class Embedder(Protocol):
 
     def embed(self, texts: Sequence[str]) -> Vectors: ...
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """How many tokens each text takes in a model call (special tokens included, after truncation)."""
+        ...
+
+
+class InferenceScheduler(Protocol):
+    """Runs embedding work off the event loop within a per-request deadline and a bounded queue.
+
+    Raises Overloaded when the queue is full, Timeout when the deadline passes, BackendFailure when the model fails.
+    """
+
+    async def run(self, embedder: Embedder, texts: Sequence[str]) -> Vectors: ...
+
+    def shutdown(self) -> None: ...
+
 
 class EmbedderLoader(Protocol):
     """Provisions (if needed), loads and pre-warms the configured model; slow, called once at start-up."""

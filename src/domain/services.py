@@ -1,18 +1,16 @@
-"""Domain services: model lifecycle and bounded, deadline-aware inference scheduling."""
+"""Domain services: model lifecycle, the backend agreement rule, length-sorted batching of one caller's texts."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 
 import numpy as np
 
-from domain.errors import BackendFailure, DomainError, ModelNotReady, Overloaded, Timeout
+from domain.errors import BackendDisagrees, ModelNotReady
 from domain.model import ModelSpec, Vectors
 from domain.ports import Embedder, EmbedderLoader
 
@@ -88,70 +86,13 @@ def embed_by_length(
     return out
 
 
-class _Abandoned(Exception):
-    """Raised inside a worker thread when its caller gave up; remaining micro-batches are skipped."""
-
-
-class InferenceScheduler:
-    """Runs embedding work in at most `max_workers` threads, with a bounded wait queue and a per-request deadline.
-
-    Work is split into length-sorted micro-batches; once a request's deadline passes or its caller goes away,
-    the micro-batches not yet started are dropped, so abandoned work frees the model within one micro-batch.
-    """
-
-    def __init__(self, max_workers: int, max_queue: int, timeout_s: float, micro_batch_size: int) -> None:
-        self._max_workers = max_workers
-        self._max_queue = max_queue
-        self._timeout_s = timeout_s
-        self._micro_batch_size = micro_batch_size
-        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="inference")
-        self._slots: asyncio.Semaphore | None = None
-        self._waiting = 0
-
-    async def run(self, embedder: Embedder, texts: Sequence[str]) -> Vectors:
-        deadline = time.monotonic() + self._timeout_s
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self._max_workers)
-        slots = self._slots
-        if slots.locked():
-            if self._waiting >= self._max_queue:
-                raise Overloaded(retry_after_s=max(1, round(self._timeout_s / 2)))
-            self._waiting += 1
-            try:
-                await asyncio.wait_for(slots.acquire(), timeout=max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                raise Timeout(self._timeout_s) from None
-            finally:
-                self._waiting -= 1
-        else:
-            await slots.acquire()
-        cancelled = threading.Event()
-        future = asyncio.get_running_loop().run_in_executor(
-            self._executor, self._compute, embedder, list(texts), cancelled, deadline
-        )
-        future.add_done_callback(lambda _: slots.release())
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout=max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            cancelled.set()
-            raise Timeout(self._timeout_s) from None
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        except _Abandoned:
-            raise Timeout(self._timeout_s) from None
-        except DomainError:
-            raise
-        except Exception:
-            log.exception("embedding backend failed on a request of %d texts", len(texts))
-            raise BackendFailure() from None
-
-    def _compute(self, embedder: Embedder, texts: list[str], cancelled: threading.Event, deadline: float) -> Vectors:
-        def still_wanted() -> None:
-            if cancelled.is_set() or time.monotonic() > deadline:
-                raise _Abandoned()
-
-        return embed_by_length(embedder, texts, self._micro_batch_size, still_wanted)
-
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+def check_agreement(backend: str, candidate: Vectors, reference: Vectors, required: float) -> float:
+    """The smallest cosine between a backend's vectors and the torch fp32 ones; raises below `required`."""
+    if candidate.shape != reference.shape:
+        raise BackendDisagrees(backend, float("-inf"), required)
+    norms = np.linalg.norm(candidate, axis=1) * np.linalg.norm(reference, axis=1)
+    cosines = (candidate * reference).sum(axis=1) / np.maximum(norms, 1e-12)
+    lowest = float(cosines.min())
+    if not np.isfinite(lowest) or lowest < required:
+        raise BackendDisagrees(backend, lowest, required)
+    return lowest

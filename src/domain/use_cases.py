@@ -15,7 +15,8 @@ from domain.errors import (
     UnsupportedEncodingFormat,
 )
 from domain.model import EmbeddedItem, Limits, ModelInfo, ModelSpec, TextItem
-from domain.services import InferenceScheduler, ModelHost, ModelState
+from domain.ports import InferenceScheduler
+from domain.services import ModelHost, ModelState
 
 SUPPORTED_ENCODING_FORMATS = ("float",)
 

@@ -24,6 +24,7 @@ def serve(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         log.error("%s", exc)
         return 2
+    logging.getLogger().setLevel(settings.log_level)
     log_config = uvicorn.config.LOGGING_CONFIG | {
         "formatters": {
             name: {"()": "logging.Formatter", "fmt": LOG_FORMAT, "datefmt": LOG_DATEFMT}

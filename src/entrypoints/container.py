@@ -6,6 +6,7 @@ from pathlib import Path
 
 from dependency_injector import containers, providers
 
+from adapters.dynamic_batcher import BatchPolicy, DynamicBatchingScheduler
 from adapters.fake_embedder import FakeEmbedderLoader
 from adapters.model_provisioning import (
     HuggingFaceHubModelSource,
@@ -15,7 +16,7 @@ from adapters.model_provisioning import (
 )
 from adapters.sentence_transformer_loader import SentenceTransformerLoader
 from domain.model import Limits, resolve_model
-from domain.services import InferenceScheduler, ModelHost
+from domain.services import ModelHost
 from domain.use_cases import AuthenticateCaller, EmbedBatch, EmbedOne, GetHealth, GetMetadata
 from entrypoints.settings import Settings
 
@@ -48,17 +49,32 @@ class Container(containers.DeclarativeContainer):
 
     loader = providers.Selector(
         config.embedder_backend,
-        sentence_transformers=providers.Singleton(SentenceTransformerLoader, model_spec, provisioner, config.device),
+        sentence_transformers=providers.Singleton(
+            SentenceTransformerLoader,
+            model_spec,
+            provisioner,
+            device=config.device,
+            backend=config.inference_backend,
+            precision=config.precision,
+            quantization=config.quantization,
+            min_cosine=config.backend_min_cosine,
+        ),
         fake=providers.Singleton(FakeEmbedderLoader, model_spec),
     )
 
     host = providers.Singleton(ModelHost, loader)
+    batch_policy = providers.Factory(
+        BatchPolicy,
+        max_texts=config.micro_batch_size,
+        max_tokens=config.max_batch_tokens,
+        max_wait_s=providers.Callable(lambda ms: ms / 1000, config.batch_wait_ms),
+    )
     scheduler = providers.Singleton(
-        InferenceScheduler,
-        max_workers=config.max_workers,
-        max_queue=config.max_queue,
+        DynamicBatchingScheduler,
         timeout_s=config.timeout_seconds,
-        micro_batch_size=config.micro_batch_size,
+        max_queued_texts=config.max_queued_texts,
+        policy=batch_policy,
+        max_workers=config.max_workers,
     )
     limits = providers.Singleton(Limits, max_input_length=config.max_input_length, max_batch_size=config.max_batch_size)
 

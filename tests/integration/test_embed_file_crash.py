@@ -7,20 +7,18 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 from dependency_injector import providers
 
 from adapters.fake_embedder import FakeEmbedder, FakeEmbedderLoader
 from domain.model import KNOWN_MODELS
 from entrypoints.http.app import create_app
-from tests.support import API_KEY, fake_settings, free_port, wait_http_ready
+from tests.support import API_KEY, fake_settings, uvicorn_app
 
 MINILM = KNOWN_MODELS["all-MiniLM-L6-v2"]
 
@@ -30,16 +28,10 @@ def slow_service() -> Iterator[tuple[str, FakeEmbedder]]:
     """The real app in a uvicorn thread, its fake model taking 10 ms per text."""
     app = create_app(fake_settings(model_name="all-MiniLM-L6-v2"))
     app.state.container.loader.override(providers.Object(FakeEmbedderLoader(MINILM, delay_per_text_s=0.01)))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = wait_http_ready(process=None, port=port)
-    embedder = app.state.container.host().embedder()
-    assert isinstance(embedder, FakeEmbedder)
-    yield url, embedder
-    server.should_exit = True
-    thread.join(timeout=10)
+    with uvicorn_app(app) as (url, _):
+        embedder = app.state.container.host().embedder()
+        assert isinstance(embedder, FakeEmbedder)
+        yield url, embedder
 
 
 def embed_file(url: str, in_path: Path, out_path: Path) -> subprocess.Popen[str]:

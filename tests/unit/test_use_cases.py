@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from adapters.dynamic_batcher import BatchPolicy, DynamicBatchingScheduler
 from adapters.fake_embedder import FakeEmbedderLoader
 from domain.errors import (
     BatchTooLarge,
@@ -20,18 +22,34 @@ from domain.errors import (
     UnsupportedEncodingFormat,
 )
 from domain.model import KNOWN_MODELS, Limits, TextItem
-from domain.services import InferenceScheduler, ModelHost, ModelState
+from domain.services import ModelHost, ModelState
 from domain.use_cases import AuthenticateCaller, EmbedBatch, EmbedOne, GetHealth
 
 SPEC = KNOWN_MODELS["all-mpnet-base-v2"]
 texts_strategy = st.lists(st.text(max_size=60), min_size=1, max_size=40)
 
 
+SCHEDULERS: list[DynamicBatchingScheduler] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _stop_schedulers() -> Iterator[None]:
+    yield
+    while SCHEDULERS:
+        SCHEDULERS.pop().shutdown()
+
+
+def scheduler(max_texts: int = 4) -> DynamicBatchingScheduler:
+    built = DynamicBatchingScheduler(timeout_s=5, max_queued_texts=1000, policy=BatchPolicy(max_texts=max_texts))
+    SCHEDULERS.append(built)
+    return built
+
+
 def build(limits: Limits | None = None, micro_batch_size: int = 4) -> tuple[EmbedOne, EmbedBatch, ModelHost]:
     host = ModelHost(FakeEmbedderLoader(SPEC))
-    scheduler = InferenceScheduler(max_workers=1, max_queue=8, timeout_s=5, micro_batch_size=micro_batch_size)
+    scheduler_ = scheduler(micro_batch_size)
     limits = limits or Limits(max_input_length=100, max_batch_size=100)
-    return EmbedOne(host, scheduler, limits), EmbedBatch(host, scheduler, limits), host
+    return EmbedOne(host, scheduler_, limits), EmbedBatch(host, scheduler_, limits), host
 
 
 async def ready(host: ModelHost) -> None:
@@ -97,8 +115,7 @@ def test_validation_errors_name_the_problem() -> None:
 def test_nothing_is_embedded_before_the_model_is_ready() -> None:
     async def scenario() -> None:
         host = ModelHost(FakeEmbedderLoader(SPEC, load_delay_s=0.3))
-        scheduler = InferenceScheduler(max_workers=1, max_queue=8, timeout_s=5, micro_batch_size=4)
-        embed_one = EmbedOne(host, scheduler, Limits(100, 100))
+        embed_one = EmbedOne(host, scheduler(), Limits(100, 100))
         task = host.start()
         assert GetHealth(host).execute().ready is False
         with pytest.raises(ModelNotReady):

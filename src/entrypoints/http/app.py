@@ -19,6 +19,7 @@ from domain.use_cases import EmbedBatch, EmbedOne, GetHealth, GetMetadata
 from entrypoints.container import Container, build_container
 from entrypoints.http.errors import domain_error_response, error_body, internal_error_response
 from entrypoints.http.middleware import AccessLog, BodySizeLimit
+from entrypoints.http.responses import VectorJSONResponse
 from entrypoints.http.schemas import (
     DIALECT_TAGS,
     EmbedAnyRequest,
@@ -40,28 +41,31 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+# Dependencies are coroutines: FastAPI would run plain functions in a worker thread, a thread hop per dependency.
+
+
 def container_of(request: Request) -> Container:
     container: Container = request.app.state.container
     return container
 
 
-def embed_one(request: Request) -> EmbedOne:
+async def embed_one(request: Request) -> EmbedOne:
     return container_of(request).embed_one()
 
 
-def embed_batch(request: Request) -> EmbedBatch:
+async def embed_batch(request: Request) -> EmbedBatch:
     return container_of(request).embed_batch()
 
 
-def get_health(request: Request) -> GetHealth:
+async def get_health(request: Request) -> GetHealth:
     return container_of(request).get_health()
 
 
-def get_metadata(request: Request) -> GetMetadata:
+async def get_metadata(request: Request) -> GetMetadata:
     return container_of(request).get_metadata()
 
 
-def authenticated(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+async def authenticated(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
     scheme, _, token = (authorization or "").partition(" ")
     presented = token.strip() if scheme.lower() == "bearer" else None
     container_of(request).authenticate().execute(presented)
@@ -127,20 +131,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             result = await one.execute(body.input, body.model, body.encoding_format)
             log.info("embedded 1 text (%d chars)", len(body.input))
             item = result.items[0]
-            return JSONResponse(
+            return VectorJSONResponse(
                 {
                     "object": "list",
                     "model": result.model,
-                    "data": [{"object": "embedding", "embedding": item.embedding.tolist(), "index": item.index}],
+                    "data": [{"object": "embedding", "embedding": item.embedding, "index": item.index}],
                 }
             )
         started = time.perf_counter()
         result = await many.execute([TextItem(id=None, text=text) for text in body.texts], body.model)
         elapsed_ms = (time.perf_counter() - started) * 1000
         log.info("embedded %d texts (%d chars)", len(body.texts), sum(len(t) for t in body.texts))
-        return JSONResponse(
+        return VectorJSONResponse(
             {
-                "embeddings": [item.embedding.tolist() for item in result.items],
+                "embeddings": [item.embedding for item in result.items],
                 "model": result.model,
                 "processing_time_ms": round(elapsed_ms, 3),
             }
@@ -158,14 +162,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         items = [TextItem(id=i.id, text=i.text) for i in body.inputs]
         result = await use_case.execute(items, body.model, body.encoding_format)
         log.info("embedded batch of %d texts (%d chars)", len(items), sum(len(i.text) for i in items))
-        return JSONResponse(
+        return VectorJSONResponse(
             {
                 "object": "list",
                 "model": result.model,
-                "data": [
-                    {"id": item.id, "object": "embedding", "embedding": item.embedding.tolist()}
-                    for item in result.items
-                ],
+                "data": [{"id": item.id, "object": "embedding", "embedding": item.embedding} for item in result.items],
             }
         )
 
@@ -195,6 +196,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             library="sentence-transformers",
             library_version=info.library_version,
             device=info.device,
+            backend=info.backend,
+            precision=info.precision,
+            min_cosine_vs_torch=info.min_cosine_vs_torch,
             max_batch_size=limits.max_batch_size,
             max_input_length=limits.max_input_length,
         )

@@ -20,6 +20,7 @@ STATUS_BY_ERROR: dict[type[errors.DomainError], int] = {
     errors.Overloaded: 503,
     errors.BackendFailure: 503,
     errors.ModelIntegrityError: 503,
+    errors.BackendDisagrees: 503,
     errors.Timeout: 504,
 }
 

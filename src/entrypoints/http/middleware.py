@@ -1,7 +1,9 @@
-"""ASGI middleware: request-body size cap on the bytes actually received, and access logging."""
+"""ASGI middleware: request-body size cap on the bytes actually received, cancelling the request's work when its
+client disconnects, and access logging."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -14,7 +16,11 @@ log = logging.getLogger("entrypoints.http.access")
 
 
 class BodySizeLimit:
-    """Reads the body up to `max_bytes` before the app sees it; anything larger is answered 413."""
+    """Reads the body up to `max_bytes` before the app sees it; anything larger is answered 413.
+
+    Once the body is in, it watches the connection: when the client goes away before the response is complete,
+    the request's task is cancelled, so its queued texts are dropped instead of computed for nobody.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -42,17 +48,50 @@ class BodySizeLimit:
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
-        body = b"".join(chunks)
+        await self._run_cancelling_on_disconnect(scope, receive, send, b"".join(chunks))
+
+    async def _run_cancelling_on_disconnect(self, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
+        disconnected = asyncio.Event()
         delivered = False
+        responded = False
 
         async def replay() -> Message:
             nonlocal delivered
             if not delivered:
                 delivered = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+            await disconnected.wait()
+            return {"type": "http.disconnect"}
 
-        await self.app(scope, replay, send)
+        async def tracking_send(message: Message) -> None:
+            nonlocal responded
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                responded = True
+            await send(message)
+
+        async def call_app() -> None:
+            await self.app(scope, replay, tracking_send)
+
+        handler = asyncio.create_task(call_app())
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected.set()
+            if not responded and not handler.done():
+                log.info("%s %s client disconnected; cancelling its work", scope["method"], scope["path"])
+                handler.cancel()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await handler
+        except asyncio.CancelledError:
+            handler.cancel()
+            current = asyncio.current_task()
+            if not disconnected.is_set() or (current is not None and current.cancelling()):
+                raise
+        finally:
+            watcher.cancel()
 
 
 class AccessLog:
@@ -66,7 +105,7 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
         started = time.monotonic()
-        status = 500
+        status = 499  # nothing was sent: the client went away first
 
         async def record(message: Message) -> None:
             nonlocal status

@@ -98,6 +98,11 @@ class MetadataResponse(BaseModel):
     library: str
     library_version: str
     device: str
+    backend: str = Field(description="torch, onnx or openvino")
+    precision: str = Field(description="fp32, fp16 or int8")
+    min_cosine_vs_torch: float | None = Field(
+        description="agreement with torch fp32 measured at start-up on the check texts; null for torch fp32 itself"
+    )
     max_batch_size: int
     max_input_length: int
 

@@ -1,0 +1,299 @@
+"""Cross-request dynamic batching around any Embedder: token-budgeted, length-aware batches built from every queued
+request, run in worker threads off the event loop, with a bounded queue and per-request deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from domain.errors import BackendFailure, Overloaded, Timeout
+from domain.model import Vectors
+from domain.ports import Embedder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Job:
+    """One caller's texts. `abandoned` is set from the event loop when the caller stops waiting."""
+
+    embedder: Embedder
+    texts: list[str]
+    deadline: float
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Vectors]
+    remaining: int
+    out: Vectors | None = None
+    abandoned: bool = False
+    failed: bool = False
+
+    @property
+    def dropped(self) -> bool:
+        return self.abandoned or self.failed or time.monotonic() > self.deadline
+
+
+@dataclass(eq=False)
+class _Item:
+    job: _Job
+    index: int
+    tokens: int = -1
+
+    @property
+    def text(self) -> str:
+        return self.job.texts[self.index]
+
+
+@dataclass
+class BatchPolicy:
+    """How batches are formed: at most `max_texts` texts and `max_tokens` padded tokens per model call; a worker
+    that has just answered callers waits briefly (at most `max_wait_s`) for their next texts."""
+
+    max_texts: int = 32
+    max_tokens: int = 8192
+    max_wait_s: float = 0.05
+
+
+@dataclass
+class _Throughput:
+    """Recent texts per second of the model, for Retry-After estimates."""
+
+    texts_per_s: float = 0.0
+    samples: int = field(default=0)
+
+    def record(self, texts: int, seconds: float) -> None:
+        rate = texts / max(seconds, 1e-6)
+        self.texts_per_s = rate if self.samples == 0 else 0.8 * self.texts_per_s + 0.2 * rate
+        self.samples += 1
+
+
+def plan_batches(items: Sequence[_Item], policy: BatchPolicy) -> list[list[_Item]]:
+    """Partition items, longest first, into batches within the text and padded-token budgets."""
+    ordered = sorted(items, key=lambda item: item.tokens, reverse=True)
+    batches: list[list[_Item]] = []
+    current: list[_Item] = []
+    for item in ordered:
+        longest = current[0].tokens if current else item.tokens
+        if current and (len(current) >= policy.max_texts or longest * (len(current) + 1) > policy.max_tokens):
+            batches.append(current)
+            current = []
+        current.append(item)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class DynamicBatchingScheduler:
+    """Runs the texts of all concurrent requests through the model in shared, length-sorted batches.
+
+    Each model call takes the batch (of the length-sorted partition of everything queued) that holds the oldest
+    queued text, so no request starves and similar lengths share a batch. At most `max_queued_texts` texts wait or
+    run; beyond that callers get Overloaded with a Retry-After estimated from the recent throughput. A request
+    whose deadline passes or whose caller goes away has its not-yet-started texts dropped.
+    """
+
+    def __init__(
+        self,
+        timeout_s: float,
+        max_queued_texts: int,
+        policy: BatchPolicy | None = None,
+        max_workers: int = 1,
+    ) -> None:
+        self._timeout_s = timeout_s
+        self._max_queued = max_queued_texts
+        self._policy = policy or BatchPolicy()
+        self._max_workers = max_workers
+        self._inbox: deque[_Item] = deque()
+        self._wakeup = threading.Event()
+        self._select = threading.Lock()
+        self._pending: list[_Item] = []
+        self._answered = 0
+        self._last_batch_end = 0.0
+        self._last_batch_s = 0.0
+        self._active: set[_Job] = set()
+        self._throughput = _Throughput()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+
+    @property
+    def queued_texts(self) -> int:
+        return sum(job.remaining for job in self._active)
+
+    async def run(self, embedder: Embedder, texts: Sequence[str]) -> Vectors:
+        if not texts:
+            raise ValueError("nothing to embed")
+        queued = self.queued_texts
+        if self._closed or (queued and queued + len(texts) > self._max_queued):
+            raise Overloaded(retry_after_s=self._retry_after(queued))
+        self._start()
+        loop = asyncio.get_running_loop()
+        job = _Job(
+            embedder=embedder,
+            texts=list(texts),
+            deadline=time.monotonic() + self._timeout_s,
+            loop=loop,
+            future=loop.create_future(),
+            remaining=len(texts),
+        )
+        self._active.add(job)
+        self._inbox.extend(_Item(job, i) for i in range(len(texts)))
+        self._wakeup.set()
+        try:
+            return await asyncio.wait_for(job.future, timeout=max(0.0, job.deadline - time.monotonic()))
+        except TimeoutError:
+            raise Timeout(self._timeout_s) from None
+        finally:
+            job.abandoned = not job.future.done() or job.future.cancelled()
+            self._active.discard(job)
+
+    def _retry_after(self, queued: int) -> int:
+        rate = self._throughput.texts_per_s
+        estimate = queued / rate if rate > 0 else self._timeout_s / 2
+        return int(min(60, max(1, math.ceil(estimate))))
+
+    def _start(self) -> None:
+        if self._threads:
+            return
+        for number in range(self._max_workers):
+            thread = threading.Thread(target=self._work, name=f"inference-{number}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def shutdown(self) -> None:
+        self._closed = True
+        self._wakeup.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads.clear()
+
+    # --- worker side -------------------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._select:
+                batch = self._next_batch()
+            if batch is None:
+                return
+            self._run(batch)
+            self._last_batch_end = time.monotonic()
+
+    def _drain(self) -> None:
+        while self._inbox:
+            self._pending.append(self._inbox.popleft())
+        self._pending = [item for item in self._pending if not item.job.dropped]
+
+    def _wait_for_work(self) -> bool:
+        while True:
+            self._drain()
+            if self._pending:
+                return True
+            if self._closed:
+                return False
+            self._wakeup.wait()
+            self._wakeup.clear()
+
+    def _gather_stragglers(self) -> None:
+        """Callers answered by the last batch tend to send their next texts right away. Right after a batch (not
+        after idling), and while the next batch is not full, wait for them: at most max_wait_s, and at most a
+        quarter of the last batch's run time. Without this, callers split into groups that alternate in half-size
+        batches forever."""
+        now = time.monotonic()
+        recently = now - self._last_batch_end <= max(self._policy.max_wait_s, self._last_batch_s)
+        if not self._answered or not recently:
+            return
+        wanted = min(len(self._pending) + self._answered, self._policy.max_texts)
+        until = now + min(self._policy.max_wait_s, self._last_batch_s / 4)
+        while len(self._pending) < wanted and not self._closed:
+            left = until - time.monotonic()
+            if left <= 0:
+                break
+            self._wakeup.wait(left)
+            self._wakeup.clear()
+            self._drain()
+
+    def _next_batch(self) -> list[_Item] | None:
+        if not self._wait_for_work():
+            return None
+        self._gather_stragglers()
+        self._count_tokens()
+        if not self._pending:
+            return self._next_batch()
+        head = self._pending[0]
+        same_model = [item for item in self._pending if item.job.embedder is head.job.embedder]
+        batch = next(b for b in plan_batches(same_model, self._policy) if head in b)
+        chosen = set(map(id, batch))
+        self._pending = [item for item in self._pending if id(item) not in chosen]
+        return batch
+
+    def _count_tokens(self) -> None:
+        uncounted = [item for item in self._pending if item.tokens < 0]
+        by_model: dict[int, list[_Item]] = {}
+        for item in uncounted:
+            by_model.setdefault(id(item.job.embedder), []).append(item)
+        for items in by_model.values():
+            try:
+                counts = items[0].job.embedder.token_counts([item.text for item in items])
+            except Exception:
+                log.exception("token counting failed; estimating from characters")
+                counts = [len(item.text) // 4 + 2 for item in items]
+            for item, count in zip(items, counts, strict=True):
+                item.tokens = max(1, count)
+
+    def _run(self, batch: list[_Item]) -> None:
+        embedder = batch[0].job.embedder
+        started = time.monotonic()
+        try:
+            vectors = embedder.embed([item.text for item in batch])
+        except Exception:
+            log.exception("embedding backend failed on a batch of %d texts", len(batch))
+            for job in {item.job for item in batch}:
+                self._fail(job)
+            return
+        self._last_batch_s = time.monotonic() - started
+        if log.isEnabledFor(logging.DEBUG):
+            longest = max(item.tokens for item in batch)
+            log.debug(
+                "batch of %d texts from %d requests, %d padded tokens, %.1f ms, %d texts queued",
+                len(batch),
+                len({id(item.job) for item in batch}),
+                longest * len(batch),
+                self._last_batch_s * 1000,
+                len(self._pending) + len(self._inbox),
+            )
+        self._throughput.record(len(batch), self._last_batch_s)
+        answered = 0
+        for item, vector in zip(batch, vectors, strict=True):
+            job = item.job
+            if job.failed:
+                continue
+            if job.out is None:
+                job.out = np.empty((len(job.texts), vectors.shape[1]), dtype=np.float32)
+            job.out[item.index] = vector
+            job.remaining -= 1
+            if job.remaining == 0:
+                answered += 1
+                job.loop.call_soon_threadsafe(_resolve, job.future, job.out)
+        self._answered = answered
+
+    def _fail(self, job: _Job) -> None:
+        if not job.failed:
+            job.failed = True
+            job.remaining = 0
+            job.loop.call_soon_threadsafe(_reject, job.future)
+
+
+def _resolve(future: asyncio.Future[Vectors], vectors: Vectors) -> None:
+    if not future.done():
+        future.set_result(vectors)
+
+
+def _reject(future: asyncio.Future[Vectors]) -> None:
+    if not future.done():
+        future.set_exception(BackendFailure())

@@ -1,0 +1,110 @@
+"""ONNX Runtime and OpenVINO backends: the exported sentence-transformers pipeline, run without torch.
+
+sentence-transformers' own `backend="onnx"/"openvino"` needs optimum-onnx / optimum-intel, which pin transformers
+below 5 and cannot be installed beside sentence-transformers 6. So the model's own SentenceTransformer modules
+(transformer, mean pooling, normalization) are traced into one ONNX graph (`export_onnx` in the torch adapter),
+stored beside the verified weights as MODEL_PATH/<name>/onnx/model.onnx, and run here by ONNX Runtime or OpenVINO
+with the model's own tokenizer. The loader serves one only after it agrees with torch on a fixed text set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adapters.backend_artifacts import INT8_GRAPH_FILE, atomic_target
+from domain.model import ModelInfo, Vectors
+
+log = logging.getLogger(__name__)
+
+
+def quantize_int8(graph: Path) -> Path:
+    """Dynamic int8 quantization of the exported graph (weights int8, activations quantized per call)."""
+    target = graph.parent / INT8_GRAPH_FILE
+    if target.is_file() and target.stat().st_mtime >= graph.stat().st_mtime:
+        return target
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    log.info("quantizing %s to int8", graph)
+    staging = atomic_target(target)
+    quantize_dynamic(str(graph), str(staging), weight_type=QuantType.QInt8)
+    staging.replace(target)
+    return target
+
+
+class _Tokenizer:
+    """The model's own fast tokenizer (tokenizer.json, via `tokenizers`: no transformers, hence no torch import),
+    truncating at the model's limit and padding to the longest text of a call."""
+
+    def __init__(self, model_dir: Path, max_length: int) -> None:
+        from tokenizers import Tokenizer
+
+        pad = json.loads((model_dir / "tokenizer_config.json").read_text())["pad_token"]
+        pad = pad["content"] if isinstance(pad, dict) else pad
+        self._padded = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self._padded.enable_truncation(max_length=max_length)
+        self._padded.enable_padding(pad_id=self._padded.token_to_id(pad), pad_token=pad)
+        self._plain = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self._plain.enable_truncation(max_length=max_length)
+        self._plain.no_padding()
+
+    def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        encoded = self._padded.encode_batch(list(texts))
+        return {
+            "input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
+        }
+
+    def counts(self, texts: Sequence[str]) -> list[int]:
+        return [len(e.ids) for e in self._plain.encode_batch(list(texts))]
+
+
+class ExportedGraphEmbedder:
+    """The exported graph behind a runtime (`run`: tokenized inputs -> sentence embeddings), as an Embedder."""
+
+    def __init__(self, run: Callable[[dict[str, np.ndarray]], np.ndarray], model_dir: Path, info: ModelInfo) -> None:
+        self._run = run
+        self._tokenizer = _Tokenizer(model_dir, info.spec.max_seq_length)
+        self._info = info
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        return np.ascontiguousarray(self._run(self._tokenizer.encode(texts)), dtype=np.float32)
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        return self._tokenizer.counts(texts)
+
+
+def onnxruntime_embedder(graph: Path, model_dir: Path, info: ModelInfo) -> ExportedGraphEmbedder:
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if info.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    session: Any = ort.InferenceSession(str(graph), providers=providers)
+    return ExportedGraphEmbedder(lambda inputs: session.run(["sentence_embedding"], inputs)[0], model_dir, info)
+
+
+def openvino_embedder(graph: Path, model_dir: Path, info: ModelInfo) -> ExportedGraphEmbedder:
+    import openvino
+
+    compiled: Any = openvino.Core().compile_model(str(graph), "CPU")
+    return ExportedGraphEmbedder(lambda inputs: compiled(inputs)[0], model_dir, info)
+
+
+def onnx_device(requested: str) -> str:
+    """Where ONNX Runtime runs: CUDA when asked for (or `auto`) and its provider is installed, else the CPU."""
+    import onnxruntime as ort
+
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if requested == "auto":
+        return "cuda" if has_cuda else "cpu"
+    return requested if requested.startswith("cuda") and has_cuda else "cpu"

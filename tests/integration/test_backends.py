@@ -1,0 +1,121 @@
+"""ONNX Runtime and OpenVINO backends on the real MiniLM weights: served only when they agree with torch fp32."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sentence_transformers import SentenceTransformer
+
+from adapters.model_provisioning import VerifiedModelProvisioner
+from adapters.sentence_transformer_loader import SentenceTransformerLoader
+from domain.errors import BackendDisagrees
+from domain.model import BACKEND_CHECK_TEXTS, KNOWN_MODELS
+from entrypoints.http.app import create_app
+from tests.support import AUTH, MODEL_ROOT, fake_settings, model_dir, wait_ready
+
+pytestmark = pytest.mark.integration
+
+MINILM = KNOWN_MODELS["all-MiniLM-L6-v2"]
+# other texts than the start-up check uses, so the check is not graded on its own questions
+TEXTS = [
+    "Open-air cinema on the pier, Friday 21:00",
+    "Board games evening at the library",
+    "Kammerkonzert im Rathaus — Eintritt frei",
+    "",
+    "x " * 500,
+    "Weekly running club: 5 km loop around the lake, all paces welcome, meet at the boathouse at 7.",
+]
+
+
+def loader(backend: str, quantization: str = "none", min_cosine: float = 0.9999) -> SentenceTransformerLoader:
+    model_dir(MINILM.name)
+    return SentenceTransformerLoader(
+        MINILM,
+        VerifiedModelProvisioner(MODEL_ROOT, sources=[]),
+        device="cpu",
+        backend=backend,  # type: ignore[arg-type]
+        quantization=quantization,  # type: ignore[arg-type]
+        min_cosine=min_cosine,
+    )
+
+
+def torch_vectors(texts: list[str]) -> np.ndarray:
+    model = SentenceTransformer(str(model_dir(MINILM.name)), device="cpu")
+    vectors: np.ndarray = model.encode(texts, normalize_embeddings=True)
+    return vectors
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_backend_vectors_match_torch(backend: str) -> None:
+    embedder = loader(backend).load()
+    info = embedder.info
+    assert (info.backend, info.precision) == (backend, "fp32")
+    assert info.min_cosine_vs_torch is not None and info.min_cosine_vs_torch >= 0.9999
+    vectors = embedder.embed(TEXTS)
+    assert vectors.dtype == np.float32 and vectors.shape == (len(TEXTS), MINILM.dimension)
+    assert cosines(vectors, torch_vectors(TEXTS)).min() >= 0.9999
+    # the same tokenizer counts the same tokens as torch's, truncation included
+    counts = embedder.token_counts(TEXTS)
+    assert counts[3] == 2 and counts[4] == MINILM.max_seq_length
+
+
+def test_int8_is_refused_unless_its_loss_is_accepted() -> None:
+    with pytest.raises(BackendDisagrees) as refused:
+        loader("onnx", quantization="int8").load()
+    lowest = refused.value.min_cosine
+    assert lowest < 0.9999 and refused.value.required == 0.9999
+    accepted = loader("onnx", quantization="int8", min_cosine=0.5).load()
+    assert (accepted.info.precision, accepted.info.min_cosine_vs_torch) == ("int8", pytest.approx(lowest, abs=1e-6))
+    assert accepted.embed(["still embeds"]).shape == (1, MINILM.dimension)
+
+
+def test_service_on_onnx_reports_its_backend_and_serves_torch_equal_vectors() -> None:
+    settings = fake_settings(
+        embedder_backend="sentence_transformers",
+        inference_backend="onnx",
+        model_name=MINILM.name,
+        model_path=MODEL_ROOT,
+        hf_hub_offline=True,
+        device="cpu",
+        timeout_seconds=60,
+    )
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        metadata = client.get("/metadata", headers=AUTH).json()
+        assert (metadata["backend"], metadata["precision"]) == ("onnx", "fp32")
+        assert metadata["min_cosine_vs_torch"] >= 0.9999
+        response = client.post("/embed", json={"texts": TEXTS}, headers=AUTH)
+        assert response.status_code == 200
+        served = np.array(response.json()["embeddings"], dtype=np.float32)
+        assert cosines(served, torch_vectors(TEXTS)).min() >= 0.9999
+
+
+def test_check_texts_cover_truncation_and_empty_input() -> None:
+    counts = loader("onnx").load().token_counts(list(BACKEND_CHECK_TEXTS))
+    assert min(counts) == 2 and max(counts) == MINILM.max_seq_length
+
+
+def test_a_prepared_onnx_service_never_imports_torch() -> None:
+    loader("onnx").load()  # export and reference exist from here on
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from adapters.model_provisioning import VerifiedModelProvisioner\n"
+        "from adapters.sentence_transformer_loader import SentenceTransformerLoader\n"
+        "from domain.model import KNOWN_MODELS\n"
+        f"root = Path({str(MODEL_ROOT)!r})\n"
+        "spec = KNOWN_MODELS['all-MiniLM-L6-v2']\n"
+        "loader = SentenceTransformerLoader(spec, VerifiedModelProvisioner(root, []), device='cpu', backend='onnx')\n"
+        "assert loader.load().embed(['x']).shape == (1, 384)\n"
+        "print(sorted(m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -1,0 +1,264 @@
+"""Dynamic batching: shared model calls across requests, budgets, fairness, deadlines, overload, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from adapters.dynamic_batcher import BatchPolicy, DynamicBatchingScheduler, _Item, plan_batches
+from adapters.fake_embedder import FakeEmbedder
+from domain.errors import BackendFailure, Overloaded, Timeout
+from domain.model import KNOWN_MODELS, Vectors
+
+SPEC = KNOWN_MODELS["all-MiniLM-L6-v2"]
+
+
+class RecordingEmbedder(FakeEmbedder):
+    """The fake, also keeping the texts of every model call and how many calls ran at once."""
+
+    def __init__(self, delay_per_call_s: float = 0.0, delay_per_text_s: float = 0.0) -> None:
+        super().__init__(SPEC, delay_per_text_s)
+        self.batches: list[list[str]] = []
+        self._per_call = delay_per_call_s
+        self._lock = threading.Lock()
+        self.active = 0
+        self.peak = 0
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        with self._lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            self.batches.append(list(texts))
+        try:
+            time.sleep(self._per_call)
+            return super().embed(texts)
+        finally:
+            with self._lock:
+                self.active -= 1
+
+
+class BrokenEmbedder(FakeEmbedder):
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        raise RuntimeError("CUDA error: secret internals")
+
+
+def words(n: int, tag: str) -> str:
+    return " ".join(f"{tag}{i}" for i in range(n))
+
+
+def test_concurrent_single_text_requests_share_model_calls() -> None:
+    async def scenario() -> None:
+        embedder = RecordingEmbedder(delay_per_call_s=0.1)
+        scheduler = DynamicBatchingScheduler(timeout_s=5, max_queued_texts=100, policy=BatchPolicy(max_texts=32))
+        texts = [f"event {i}" for i in range(16)]
+        results = await asyncio.gather(*(scheduler.run(embedder, [t]) for t in texts))
+        scheduler.shutdown()
+        for text, result in zip(texts, results, strict=True):
+            np.testing.assert_array_equal(result, FakeEmbedder(SPEC).embed([text]))
+        # the first request starts alone at once; the 15 that queued meanwhile share the next call
+        assert len(embedder.batches) <= 2
+        assert sorted(t for b in embedder.batches for t in b) == sorted(texts)
+
+    asyncio.run(scenario())
+
+
+def test_model_calls_keep_to_the_text_and_token_budgets() -> None:
+    async def scenario() -> None:
+        embedder = RecordingEmbedder()
+        policy = BatchPolicy(max_texts=4, max_tokens=40, max_wait_s=0)
+        scheduler = DynamicBatchingScheduler(timeout_s=5, max_queued_texts=500, policy=policy)
+        lengths = [1, 30, 3, 8, 2, 12, 5, 5, 40, 1, 7, 9, 2, 20, 6]
+        texts = [words(n, f"w{k}-") for k, n in enumerate(lengths)]
+        out = await scheduler.run(embedder, texts)
+        scheduler.shutdown()
+        np.testing.assert_array_equal(out, FakeEmbedder(SPEC).embed(texts))
+        for batch in embedder.batches:
+            tokens = embedder.token_counts(batch)
+            assert len(batch) <= 4
+            assert len(batch) == 1 or max(tokens) * len(batch) <= 40
+        # length-aware: the long texts did not drag short ones into padding
+        assert [len(b) for b in embedder.batches].count(1) <= 3
+
+    asyncio.run(scenario())
+
+
+item_lengths = st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=200)
+
+
+@given(item_lengths, st.integers(min_value=1, max_value=64), st.integers(min_value=1, max_value=20_000))
+def test_plan_batches_partitions_within_budgets(lengths: list[int], max_texts: int, max_tokens: int) -> None:
+    items = [_Item(job=None, index=i, tokens=n) for i, n in enumerate(lengths)]  # type: ignore[arg-type]
+    batches = plan_batches(items, BatchPolicy(max_texts=max_texts, max_tokens=max_tokens))
+    assert sorted(item.index for b in batches for item in b) == list(range(len(lengths)))
+    previous_longest = float("inf")
+    for batch in batches:
+        longest = max(item.tokens for item in batch)
+        assert len(batch) <= max_texts
+        assert len(batch) == 1 or longest * len(batch) <= max_tokens
+        assert longest <= previous_longest  # longest first: each batch's texts are neighbours in length
+        previous_longest = min(item.tokens for item in batch)
+
+
+def test_the_oldest_queued_text_runs_next_whatever_its_length() -> None:
+    async def scenario() -> None:
+        embedder = RecordingEmbedder(delay_per_call_s=0.15)
+        policy = BatchPolicy(max_texts=2, max_wait_s=0)
+        scheduler = DynamicBatchingScheduler(timeout_s=10, max_queued_texts=500, policy=policy)
+        first = asyncio.create_task(scheduler.run(embedder, ["busy"]))
+        await asyncio.sleep(0.05)  # the worker is busy with "busy"
+        old = asyncio.create_task(scheduler.run(embedder, [words(3, "old")]))
+        await asyncio.sleep(0.01)
+        shorts = [asyncio.create_task(scheduler.run(embedder, [f"s{i}"])) for i in range(8)]
+        await asyncio.gather(first, old, *shorts)
+        scheduler.shutdown()
+        assert words(3, "old") in embedder.batches[1]
+
+    asyncio.run(scenario())
+
+
+def test_an_idle_request_does_not_wait_for_a_batch_to_fill() -> None:
+    async def scenario() -> None:
+        embedder = RecordingEmbedder()
+        scheduler = DynamicBatchingScheduler(
+            timeout_s=5, max_queued_texts=100, policy=BatchPolicy(max_texts=32, max_wait_s=1.0)
+        )
+        await asyncio.gather(*(scheduler.run(embedder, [f"warm {i}"]) for i in range(8)))
+        await asyncio.sleep(1.1)  # a burst of 8, then quiet: the next lone request must not wait for 7 more
+        started = time.monotonic()
+        await scheduler.run(embedder, ["alone"])
+        assert time.monotonic() - started < 1.0
+        scheduler.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_work_past_its_deadline_is_dropped() -> None:
+    async def scenario() -> None:
+        embedder = RecordingEmbedder(delay_per_text_s=0.05)
+        scheduler = DynamicBatchingScheduler(timeout_s=0.3, max_queued_texts=500, policy=BatchPolicy(max_texts=2))
+        started = time.monotonic()
+        results = await asyncio.gather(
+            scheduler.run(embedder, [f"t{i}" for i in range(40)]),
+            scheduler.run(embedder, ["late"]),
+            return_exceptions=True,
+        )
+        assert time.monotonic() - started < 0.5
+        assert all(isinstance(r, Timeout) for r in results)
+        await asyncio.sleep(0.3)
+        # 40 texts would be 20 calls (2 s); the work stopped within one call of the deadline
+        ran = sum(len(b) for b in embedder.batches)
+        assert ran <= 10
+        await asyncio.sleep(0.2)
+        assert sum(len(b) for b in embedder.batches) == ran
+        # the worker is free again
+        assert (await scheduler.run(embedder, ["again"])).shape == (1, SPEC.dimension)
+        scheduler.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_a_caller_that_goes_away_has_its_queued_texts_dropped() -> None:
+    async def scenario() -> None:
+        embedder = RecordingEmbedder(delay_per_call_s=0.2)
+        scheduler = DynamicBatchingScheduler(timeout_s=5, max_queued_texts=500, policy=BatchPolicy(max_wait_s=0))
+        busy = asyncio.create_task(scheduler.run(embedder, ["busy"]))
+        await asyncio.sleep(0.05)
+        gone = asyncio.create_task(scheduler.run(embedder, [f"gone {i}" for i in range(10)]))
+        stays = asyncio.create_task(scheduler.run(embedder, ["stays"]))
+        await asyncio.sleep(0.05)
+        gone.cancel()
+        await asyncio.gather(busy, stays)
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        scheduler.shutdown()
+        ran = [t for b in embedder.batches for t in b]
+        assert "stays" in ran
+        assert not any(t.startswith("gone") for t in ran)
+        assert scheduler.queued_texts == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_full_queue_answers_overloaded_with_an_estimated_retry_after() -> None:
+    async def scenario() -> None:
+        embedder = RecordingEmbedder(delay_per_text_s=0.05)
+        scheduler = DynamicBatchingScheduler(timeout_s=30, max_queued_texts=40, policy=BatchPolicy(max_texts=8))
+        await scheduler.run(embedder, [f"warm {i}" for i in range(8)])  # throughput: ~20 texts/s
+        results = await asyncio.gather(
+            *(scheduler.run(embedder, [f"r{r}-{i}" for i in range(10)]) for r in range(6)), return_exceptions=True
+        )
+        scheduler.shutdown()
+        overloaded = [r for r in results if isinstance(r, Overloaded)]
+        assert len(overloaded) == 2  # 4 x 10 texts fit in the queue of 40
+        assert sum(1 for r in results if isinstance(r, np.ndarray)) == 4
+        # 40 queued texts at ~20 texts/s: about 2 s
+        assert all(1 <= r.retry_after_s <= 4 for r in overloaded)
+
+    asyncio.run(scenario())
+
+
+def test_one_request_larger_than_the_queue_runs_when_the_queue_is_empty() -> None:
+    async def scenario() -> None:
+        scheduler = DynamicBatchingScheduler(timeout_s=5, max_queued_texts=4, policy=BatchPolicy(max_texts=2))
+        out = await scheduler.run(RecordingEmbedder(), [f"t{i}" for i in range(10)])
+        scheduler.shutdown()
+        assert out.shape == (10, SPEC.dimension)
+
+    asyncio.run(scenario())
+
+
+def test_inference_threads_never_exceed_max_workers() -> None:
+    async def scenario() -> None:
+        embedder = RecordingEmbedder(delay_per_call_s=0.03)
+        scheduler = DynamicBatchingScheduler(
+            timeout_s=5, max_queued_texts=500, policy=BatchPolicy(max_texts=1), max_workers=2
+        )
+        await asyncio.gather(*(scheduler.run(embedder, ["x", "y"]) for _ in range(10)))
+        scheduler.shutdown()
+        assert embedder.peak == 2
+
+    asyncio.run(scenario())
+
+
+def test_backend_exceptions_become_backend_failure_without_details() -> None:
+    async def scenario() -> None:
+        scheduler = DynamicBatchingScheduler(timeout_s=5, max_queued_texts=50)
+        with pytest.raises(BackendFailure) as failure:
+            await scheduler.run(BrokenEmbedder(SPEC), ["x"])
+        assert "secret" not in failure.value.message
+        # the worker survives
+        assert (await scheduler.run(RecordingEmbedder(), ["ok"])).shape == (1, SPEC.dimension)
+        scheduler.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_results_keep_input_order_despite_length_sorting() -> None:
+    async def scenario() -> None:
+        embedder = RecordingEmbedder()
+        scheduler = DynamicBatchingScheduler(timeout_s=5, max_queued_texts=50, policy=BatchPolicy(max_texts=2))
+        texts = ["a", "c c c " * 10, "b b", "d d d d " * 5, ""]
+        out = await scheduler.run(embedder, texts)
+        scheduler.shutdown()
+        np.testing.assert_array_equal(out, FakeEmbedder(SPEC).embed(texts))
+
+    asyncio.run(scenario())
+
+
+def test_models_are_never_mixed_in_one_call() -> None:
+    async def scenario() -> None:
+        first, second = RecordingEmbedder(delay_per_call_s=0.05), RecordingEmbedder(delay_per_call_s=0.05)
+        scheduler = DynamicBatchingScheduler(timeout_s=5, max_queued_texts=50)
+        await asyncio.gather(*(scheduler.run(e, [f"{n}-{i}"]) for i in range(5) for n, e in ((1, first), (2, second))))
+        scheduler.shutdown()
+        assert all(t.startswith("1-") for b in first.batches for t in b)
+        assert all(t.startswith("2-") for b in second.batches for t in b)
+
+    asyncio.run(scenario())
