@@ -47,7 +47,7 @@ def main() -> int:
     os.environ |= {"MODEL_PATH": args.model_path, "HF_HUB_OFFLINE": "true", "DEVICE": "cpu"}
     texts = events(args.texts)
 
-    with running_service(MODEL, args.model_path) as base:
+    with running_service(MODEL, args.model_path) as (base, _):
         direct = SentenceTransformer(str(Path(args.model_path) / MODEL), device="cpu")
         remote = EmbeddingClient(base, KEY, model=MODEL, timeout=120, progress=False)
         local = EmbeddingClient(service_url="", model=MODEL, progress=False)

@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--model-path", default=os.environ.get("MODEL_PATH", "./models"))
     args = parser.parse_args()
 
-    with running_service(args.model, args.model_path) as base:
+    with running_service(args.model, args.model_path) as (base, _):
         model = SentenceTransformer(str(Path(args.model_path) / args.model), device="cpu")
         client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=120)
         texts = contacts(100)
