@@ -70,8 +70,10 @@ class SentenceTransformerLoader:
         return "onnx"
 
     def load(self) -> Embedder:
-        path = self._provisioner.ensure(self._spec)
         backend = self.backend()
+        if self._quantization == "int8" and backend != "onnx":  # auto may stand for torch (a GPU)
+            raise ValueError(f"QUANTIZATION=int8 is available with INFERENCE_BACKEND=onnx only, not {backend}")
+        path = self._provisioner.ensure(self._spec)
         if backend == "torch":
             from adapters import sentence_transformer_embedder as st
 
@@ -82,8 +84,6 @@ class SentenceTransformerLoader:
 
         from adapters.onnx_backends import onnx_device, onnxruntime_embedder, openvino_embedder, quantize_int8
 
-        if self._quantization == "int8" and backend != "onnx":
-            raise ValueError("QUANTIZATION=int8 is available with INFERENCE_BACKEND=onnx only")
         graph = current_export(self._spec, path)
         if graph is None:
             from adapters.sentence_transformer_embedder import export_onnx

@@ -37,6 +37,11 @@ def test_impossible_combinations_are_refused_at_construction() -> None:
         loader(backend="openvino", precision="fp16")
 
 
+def test_int8_is_refused_where_auto_stands_for_torch() -> None:
+    with pytest.raises(ValueError, match="int8 .* not torch"):
+        loader(device="cuda:0", quantization="int8").load()
+
+
 def unit_rows(rows: int, seed: int) -> np.ndarray:
     vectors = np.random.default_rng(seed).standard_normal((rows, 8)).astype(np.float32)
     normalized: np.ndarray = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
