@@ -38,7 +38,7 @@ def test_impossible_combinations_are_refused_at_construction() -> None:
 
 
 def test_int8_is_refused_where_auto_stands_for_torch() -> None:
-    with pytest.raises(ValueError, match="int8 .* not torch"):
+    with pytest.raises(ValueError, match=r"int8 .* not torch"):
         loader(device="cuda:0", quantization="int8").load()
 
 
