@@ -405,16 +405,19 @@ def test_failed_model_load_keeps_health_503() -> None:
         )
 
 
-def test_unexpected_errors_are_generic_500s() -> None:
+def test_unexpected_errors_are_generic_500s(caplog: pytest.LogCaptureFixture) -> None:
     app = create_app(fake_settings())
     app.state.container.limits.override(providers.Object(None))
     with TestClient(app, raise_server_exceptions=False) as client:
         wait_ready(client)
-        response = client.post("/embed", json={"input": "x"}, headers=AUTH)
+        with caplog.at_level(logging.INFO, logger="entrypoints.http.access"):
+            response = client.post("/embed", json={"input": "x"}, headers=AUTH)
         assert (response.status_code, response.json()) == (
             500,
             {"error": {"type": "internal_error", "message": "internal server error"}},
         )
+    access = [r.getMessage() for r in caplog.records if r.name == "entrypoints.http.access"]
+    assert len(access) == 1 and access[0].startswith("POST /embed 500 ")
 
 
 def test_refuses_to_start_without_keys_unless_allowed() -> None:

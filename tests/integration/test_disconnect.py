@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 from dependency_injector import providers
 
 from adapters.fake_embedder import FakeEmbedder, FakeEmbedderLoader
@@ -28,7 +30,8 @@ def raw_request(port: int, body: bytes) -> socket.socket:
     return sock
 
 
-def test_texts_of_a_client_that_hung_up_are_never_embedded() -> None:
+def test_texts_of_a_client_that_hung_up_are_never_embedded(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="entrypoints.http.access")
     app = create_app(fake_settings(model_name="all-MiniLM-L6-v2", batch_wait_ms=0))
     app.state.container.loader.override(providers.Object(FakeEmbedderLoader(MINILM, delay_per_text_s=0.4)))
     with uvicorn_app(app) as (url, port), ThreadPoolExecutor() as pool:
@@ -45,3 +48,7 @@ def test_texts_of_a_client_that_hung_up_are_never_embedded() -> None:
         after = httpx.post(f"{url}/embed", json={"texts": ["after"]}, headers=AUTH, timeout=10)
         assert after.status_code == 200
         assert list(embedder.calls) == [1, 1]
+    access = [r.getMessage() for r in caplog.records if r.name == "entrypoints.http.access"]
+    assert "POST /embed client disconnected; cancelling its work" in access
+    statuses = [line.split()[2] for line in access if line.startswith("POST /embed") and line.endswith(" ms")]
+    assert sorted(statuses) == ["200", "200", "499"]

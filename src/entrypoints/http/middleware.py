@@ -105,7 +105,7 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
         started = time.monotonic()
-        status = 499  # nothing was sent: the client went away first
+        status = 0
 
         async def record(message: Message) -> None:
             nonlocal status
@@ -115,5 +115,9 @@ class AccessLog:
 
         try:
             await self.app(scope, receive, record)
+        except Exception:
+            status = status or 500  # the server error handler outside answers it
+            raise
         finally:
+            status = status or 499  # nothing was sent: the client went away first
             log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, (time.monotonic() - started) * 1000)
