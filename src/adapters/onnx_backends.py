@@ -46,22 +46,19 @@ class _Tokenizer:
 
         pad = json.loads((model_dir / "tokenizer_config.json").read_text())["pad_token"]
         pad = pad["content"] if isinstance(pad, dict) else pad
-        self._padded = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        self._padded.enable_truncation(max_length=max_length)
-        self._padded.enable_padding(pad_id=self._padded.token_to_id(pad), pad_token=pad)
-        self._plain = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        self._plain.enable_truncation(max_length=max_length)
-        self._plain.no_padding()
+        self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self._tokenizer.enable_truncation(max_length=max_length)
+        self._tokenizer.enable_padding(pad_id=self._tokenizer.token_to_id(pad), pad_token=pad)
 
     def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        encoded = self._padded.encode_batch(list(texts))
+        encoded = self._tokenizer.encode_batch(list(texts))
         return {
             "input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
         }
 
     def counts(self, texts: Sequence[str]) -> list[int]:
-        return [len(e.ids) for e in self._plain.encode_batch(list(texts))]
+        return [sum(e.attention_mask) for e in self._tokenizer.encode_batch(list(texts))]
 
 
 class ExportedGraphEmbedder:
@@ -87,7 +84,7 @@ def onnxruntime_embedder(graph: Path, model_dir: Path, info: ModelInfo) -> Expor
     import onnxruntime as ort
 
     providers = ["CPUExecutionProvider"]
-    if info.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+    if info.device.startswith("cuda"):  # onnx_device() said cuda only where the provider is installed
         providers.insert(0, "CUDAExecutionProvider")
     session: Any = ort.InferenceSession(str(graph), providers=providers)
     return ExportedGraphEmbedder(lambda inputs: session.run(["sentence_embedding"], inputs)[0], model_dir, info)

@@ -80,7 +80,7 @@ class SentenceTransformerLoader:
             device = st.pick_device(self._device)
             fp16 = self._precision == "fp16" or (self._precision == "auto" and device.startswith("cuda"))
             embedder = st.load_sentence_transformer(self._spec, str(path), device, fp16=fp16)
-            return self._checked(embedder, embedder.info, "torch fp16", path) if fp16 else embedder
+            return self._checked(embedder, "torch fp16", path) if fp16 else embedder
 
         from adapters.onnx_backends import onnx_device, onnxruntime_embedder, openvino_embedder, quantize_int8
 
@@ -101,9 +101,9 @@ class SentenceTransformerLoader:
             precision=precision,
         )
         runtime = onnxruntime_embedder if backend == "onnx" else openvino_embedder
-        return self._checked(runtime(graph, path, info), info, f"{backend} {precision}", path)
+        return self._checked(runtime(graph, path, info), f"{backend} {precision}", path)
 
-    def _checked(self, embedder: Embedder, info: ModelInfo, name: str, path: Path) -> Embedder:
+    def _checked(self, embedder: Embedder, name: str, path: Path) -> Embedder:
         texts = list(BACKEND_CHECK_TEXTS)
         key = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
         reference = cached_reference(self._spec, path, key, len(texts))
@@ -116,7 +116,7 @@ class SentenceTransformerLoader:
         vectors = embed_by_length(embedder, texts, batch_size=4)
         lowest = check_agreement(name, vectors, reference, self._min_cosine)
         log.info("backend %s agrees with torch fp32: minimum cosine %.6f over %d texts", name, lowest, len(texts))
-        return _WithInfo(embedder, dataclasses.replace(info, min_cosine_vs_torch=lowest))
+        return _WithInfo(embedder, dataclasses.replace(embedder.info, min_cosine_vs_torch=lowest))
 
 
 class _WithInfo:

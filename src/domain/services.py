@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from enum import StrEnum
 
 import numpy as np
@@ -64,18 +64,11 @@ class ModelHost:
         return self._embedder
 
 
-def embed_by_length(
-    embedder: Embedder, texts: Sequence[str], batch_size: int, before_batch: Callable[[], None] | None = None
-) -> Vectors:
-    """Embed `texts` in batches of similar length (less padding), returning rows in input order.
-
-    `before_batch` runs before each batch and may raise to stop the work.
-    """
+def embed_by_length(embedder: Embedder, texts: Sequence[str], batch_size: int) -> Vectors:
+    """Embed `texts` in batches of similar length (less padding), returning rows in input order."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
     out: Vectors | None = None
     for start in range(0, len(order), batch_size):
-        if before_batch is not None:
-            before_batch()
         idx = order[start : start + batch_size]
         vectors = embedder.embed([texts[i] for i in idx])
         if out is None:
