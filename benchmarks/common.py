@@ -1,7 +1,8 @@
-"""Shared benchmark helpers: start the real service as a subprocess and wait until it is ready."""
+"""Shared benchmark helpers: start the real service as a subprocess and wait until it is ready; a light load client."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -9,8 +10,6 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import asyncio
 
 import httpx
 import orjson
