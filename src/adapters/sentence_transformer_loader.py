@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from adapters.backend_artifacts import cached_reference, current_export, store_reference
+from adapters.tokenizer_rules import text_key_rule
 from domain.model import BACKEND_CHECK_TEXTS, ModelInfo, ModelSpec, Vectors
 from domain.ports import Embedder, ModelProvisioner
 from domain.services import check_agreement, embed_by_length
@@ -70,10 +71,15 @@ class SentenceTransformerLoader:
         return "onnx"
 
     def load(self) -> Embedder:
+        """The embedder, reporting how its tokenizer lets cache keys be normalized."""
         backend = self.backend()
         if self._quantization == "int8" and backend != "onnx":  # auto may stand for torch (a GPU)
             raise ValueError(f"QUANTIZATION=int8 is available with INFERENCE_BACKEND=onnx only, not {backend}")
         path = self._provisioner.ensure(self._spec)
+        embedder = self._load(backend, path)
+        return _WithInfo(embedder, dataclasses.replace(embedder.info, text_key=text_key_rule(path / "tokenizer.json")))
+
+    def _load(self, backend: InferenceBackend, path: Path) -> Embedder:
         if backend == "torch":
             from adapters import sentence_transformer_embedder as st
 
@@ -123,7 +129,7 @@ class _WithInfo:
     """An embedder reporting the agreement measured for it."""
 
     def __init__(self, inner: Embedder, info: ModelInfo) -> None:
-        self._inner = inner
+        self._inner: Embedder = inner._inner if isinstance(inner, _WithInfo) else inner
         self._info = info
 
     @property

@@ -101,6 +101,13 @@ class BackendFailure(DomainError):
         super().__init__("the embedding backend failed; retry later.")
 
 
+class CacheUnavailable(DomainError):
+    """The embedding cache's storage cannot be reached (embedding itself goes on without it)."""
+
+    def __init__(self) -> None:
+        super().__init__("the embedding cache is unavailable; embeddings are still served, retry stats later.")
+
+
 class ModelIntegrityError(DomainError):
     """Model weights on disk or from a source do not match the pinned checksum."""
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 Vectors = npt.NDArray[np.float32]
+Vector = npt.NDArray[np.float32]  # one row
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,39 @@ class ModelSpec:
         return requested in self.aliases
 
 
+# Whitespace the BERT normalizer (clean_text) turns into a plain space: tab, newline, carriage return and every
+# Unicode White_Space character that is not a control character (controls such as \x0b, \x0c, \x85 it deletes).
+BERT_WHITESPACE = "\t\n\r \u00a0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+_WHITESPACE_RUN = re.compile(f"[{re.escape(BERT_WHITESPACE)}]+")
+
+
+@dataclass(frozen=True)
+class TextKeyRule:
+    """How texts may be normalized into cache keys without changing a model's vectors.
+
+    Only what the model's own tokenizer provably ignores: runs of BERT_WHITESPACE (collapsed to one space, stripped at
+    both ends) and letter case (lowercased one character at a time, as the tokenizer does: no final-sigma rule).
+    A text that contains an added token of the tokenizer in any letter case ("[CLS]", "<mask>") is keyed verbatim,
+    since those are matched before normalization. The default rule keys every text verbatim.
+    """
+
+    collapse_whitespace: bool = False
+    lowercase: bool = False
+    verbatim_if_contains: tuple[str, ...] = field(default=())  # lowercase forms of the tokenizer's added tokens
+
+    def normalize(self, text: str) -> str:
+        if not (self.collapse_whitespace or self.lowercase):
+            return text
+        lowered = text.lower()
+        if any(marker in lowered for marker in self.verbatim_if_contains):
+            return text
+        if self.lowercase:
+            text = "".join(map(str.lower, text)) if "\u03a3" in text else lowered  # str.lower turns a final Σ into ς
+        if self.collapse_whitespace:
+            text = _WHITESPACE_RUN.sub(" ", text).strip(" ")
+        return text
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What a loaded embedder reports about itself."""
@@ -40,6 +75,17 @@ class ModelInfo:
     backend: str = "torch"
     precision: str = "fp32"
     min_cosine_vs_torch: float | None = None  # None: this is the torch fp32 reference itself
+    text_key: TextKeyRule = TextKeyRule()
+
+    @property
+    def cache_model(self) -> str:
+        """The exact weights, as cache entries name them."""
+        return f"{self.spec.hub_id}@{self.spec.revision}"
+
+    @property
+    def cache_variant(self) -> str:
+        """What else decides the numbers: runtime and precision (onnx and torch differ in the last bits), output."""
+        return f"{self.backend}-{self.precision}/float32-l2"
 
 
 @dataclass(frozen=True)
@@ -53,6 +99,35 @@ class EmbeddedItem:
     id: str | None
     index: int
     embedding: npt.NDArray[np.float32]
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request, as authentication established it; cache entries and counters belong to the tenant."""
+
+    tenant: str
+
+
+# The tenant name of the shared public pool (filled by `embedding-service cache seed --shared`); no caller has it.
+SHARED_POOL = "_shared"
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class CacheScope:
+    """The entries a lookup may see: one tenant's, of one model revision and output variant."""
+
+    tenant: str
+    model: str
+    variant: str
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    hits: int
+    misses: int
+    entries: int
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from domain.model import ModelInfo, ModelSpec, Vectors
+from domain.model import CacheScope, CacheStats, ModelInfo, ModelSpec, Vector, Vectors
 
 
 class Embedder(Protocol):
@@ -46,3 +46,37 @@ class ModelProvisioner(Protocol):
     """Makes verified weights of a model available on local disk and returns their folder."""
 
     def ensure(self, spec: ModelSpec) -> Path: ...
+
+
+class EmbeddingCache(Protocol):
+    """Vectors already computed, by scope (tenant, model revision, variant) and text key (sha256 of normalized text).
+
+    Stored as float32 bytes. Any method may raise when the storage fails; the domain then computes without it.
+    """
+
+    @property
+    def backend(self) -> str:
+        """none, memory, sqlite or postgres."""
+        ...
+
+    def prepare(self) -> None:
+        """Create or migrate the storage; idempotent, safe to run from several processes at once."""
+        ...
+
+    def get(
+        self, scope: CacheScope, keys: Sequence[bytes], *, shared_pool: bool = False, count: bool = True
+    ) -> dict[bytes, Vector]:
+        """The stored vectors of `keys` (missing keys absent): the tenant's own entries, else the shared pool's when
+        `shared_pool`. With `count`, the served entries' hit counts and the tenant's hit/miss counters grow by one per
+        key, in the same transaction."""
+        ...
+
+    def put(self, scope: CacheScope, vectors: Mapping[bytes, Vector]) -> None:
+        """Store all of `vectors` or none of them; keys already stored keep their first vector."""
+        ...
+
+    def stats(self, tenant: str) -> CacheStats:
+        """The tenant's hit and miss counters and how many entries it owns."""
+        ...
+
+    def close(self) -> None: ...

@@ -8,6 +8,7 @@ from dependency_injector import containers, providers
 
 from adapters.dynamic_batcher import BatchPolicy, DynamicBatchingScheduler
 from adapters.fake_embedder import FakeEmbedderLoader
+from adapters.memory_cache import InMemoryEmbeddingCache, NoEmbeddingCache
 from adapters.model_provisioning import (
     HuggingFaceHubModelSource,
     ModelSource,
@@ -15,9 +16,18 @@ from adapters.model_provisioning import (
     VerifiedModelProvisioner,
 )
 from adapters.sentence_transformer_loader import SentenceTransformerLoader
+from adapters.sql_cache import PostgresEmbeddingCache, SqliteEmbeddingCache
 from domain.model import Limits, resolve_model
-from domain.services import ModelHost
-from domain.use_cases import AuthenticateCaller, EmbedBatch, EmbedOne, GetHealth, GetMetadata
+from domain.services import FailSafeCache, ModelHost
+from domain.use_cases import (
+    AuthenticateCaller,
+    EmbedBatch,
+    EmbedOne,
+    GetCacheStats,
+    GetHealth,
+    GetMetadata,
+    SeedCache,
+)
 from entrypoints.settings import Settings
 
 
@@ -29,6 +39,9 @@ def model_sources(offline: bool, endpoint: str | None, token: str | None) -> lis
 def secret(value: object) -> str | None:
     getter = getattr(value, "get_secret_value", None)
     return getter() if getter else (str(value) if value else None)
+
+
+SQLITE_FILE = "embedding-cache.sqlite3"
 
 
 class Container(containers.DeclarativeContainer):
@@ -78,14 +91,38 @@ class Container(containers.DeclarativeContainer):
     )
     limits = providers.Singleton(Limits, max_input_length=config.max_input_length, max_batch_size=config.max_batch_size)
 
-    embed_one = providers.Factory(EmbedOne, host, scheduler, limits)
-    embed_batch = providers.Factory(EmbedBatch, host, scheduler, limits)
+    cache_store = providers.Selector(
+        config.cache_backend,
+        none=providers.Singleton(NoEmbeddingCache),
+        memory=providers.Singleton(InMemoryEmbeddingCache, max_entries=config.cache_max_entries),
+        sqlite=providers.Singleton(
+            SqliteEmbeddingCache,
+            path=providers.Callable(lambda folder: Path(folder) / SQLITE_FILE, config.data_dir),
+            timeout_s=config.cache_timeout_seconds,
+        ),
+        postgres=providers.Singleton(
+            PostgresEmbeddingCache,
+            url=providers.Callable(secret, config.cache_url),
+            timeout_s=config.cache_timeout_seconds,
+        ),
+    )
+    cache = providers.Singleton(
+        FailSafeCache,
+        cache_store,
+        shared_pool=config.cache_shared_pool,
+        retry_after_s=config.cache_retry_seconds,
+    )
+
+    embed_one = providers.Factory(EmbedOne, host, scheduler, limits, cache)
+    embed_batch = providers.Factory(EmbedBatch, host, scheduler, limits, cache)
     get_health = providers.Factory(GetHealth, host)
     get_metadata = providers.Factory(GetMetadata, host, limits)
-    authenticate = providers.Singleton(AuthenticateCaller, config.api_keys)
+    get_cache_stats = providers.Factory(GetCacheStats, cache)
+    seed_cache = providers.Factory(SeedCache, loader, cache_store, limits)
+    authenticate = providers.Singleton(AuthenticateCaller, config.tenant_keys)
 
 
 def build_container(settings: Settings) -> Container:
     container = Container()
-    container.config.from_dict({**settings.model_dump(), "api_keys": settings.api_keys()})
+    container.config.from_dict({**settings.model_dump(), "tenant_keys": settings.tenant_keys()})
     return container

@@ -6,10 +6,10 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from domain.model import KNOWN_MODELS, resolve_model
+from domain.model import KNOWN_MODELS, TENANT_NAME, resolve_model
 
 LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s - %(message)s"
 LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
@@ -45,9 +45,22 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(8192, gt=0, description="most padded tokens in one model call")
     batch_wait_ms: float = Field(50.0, ge=0, description="how long a worker waits for stragglers to fill a batch")
 
-    peoplepad_client_key: SecretStr | None = None
-    embedding_api_key: SecretStr | None = None
+    peoplepad_client_key: SecretStr | None = Field(None, description="its callers are the tenant 'peoplepad'")
+    embedding_api_key: SecretStr | None = Field(None, description="its callers are the tenant 'default'")
+    tenant_api_keys: dict[str, SecretStr] = Field(
+        default_factory=dict, description='hosted mode: JSON object of tenant name -> key, e.g. {"acme": "..."}'
+    )
     allow_unauthenticated: bool = False
+
+    cache_backend: Literal["none", "memory", "sqlite", "postgres"] = Field(
+        "none", description="embedding cache: none, memory (bounded LRU), sqlite (file in DATA_DIR), postgres"
+    )
+    data_dir: Path = Field(Path("./data"), description="where the sqlite cache file lives")
+    cache_url: SecretStr | None = Field(None, description="postgres: postgresql://user:password@host:5432/db")
+    cache_max_entries: int = Field(100_000, gt=0, description="memory: vectors kept before the least recent goes")
+    cache_shared_pool: bool = Field(False, description="lookups also read the shared pool (filled by cache seed)")
+    cache_timeout_seconds: float = Field(2.0, gt=0, description="bound on connecting and on each cache statement")
+    cache_retry_seconds: float = Field(5.0, gt=0, description="after a cache failure, go without it this long")
 
     hf_endpoint: str | None = None
     hf_token: SecretStr | None = None
@@ -65,8 +78,34 @@ class Settings(BaseSettings):
         except KeyError as exc:
             raise ValueError(str(exc)) from None
 
+    @field_validator("tenant_api_keys")
+    @classmethod
+    def _tenant_names(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for tenant in value:
+            if not TENANT_NAME.fullmatch(tenant):
+                raise ValueError(f"tenant name {tenant!r}: use 1-64 lowercase letters, digits, '_', '.', '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _cache_url_for_postgres(self) -> Settings:
+        if self.cache_backend == "postgres" and not self.cache_url:
+            raise ValueError("CACHE_BACKEND=postgres needs CACHE_URL (postgresql://user:password@host:5432/db)")
+        return self
+
+    def tenant_keys(self) -> dict[str, str]:
+        """Every accepted key by the tenant its callers belong to."""
+        named = {"peoplepad": self.peoplepad_client_key, "default": self.embedding_api_key}
+        for tenant, secret in self.tenant_api_keys.items():
+            if named.get(tenant):
+                raise ConfigurationError(f"tenant {tenant!r} has a key in TENANT_API_KEYS and in its own variable")
+            named[tenant] = secret
+        keys = {tenant: secret.get_secret_value() for tenant, secret in named.items() if secret}
+        if len(set(keys.values())) != len(keys):
+            raise ConfigurationError("the same API key is configured for two tenants; give each tenant its own key")
+        return keys
+
     def api_keys(self) -> list[str]:
-        return [s.get_secret_value() for s in (self.peoplepad_client_key, self.embedding_api_key) if s]
+        return list(self.tenant_keys().values())
 
 
 class ConfigurationError(RuntimeError):

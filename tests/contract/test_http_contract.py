@@ -174,6 +174,9 @@ def test_missing_or_invalid_key_is_401(client: TestClient, headers: dict[str, st
         ("post", "/embed", {"input": "x"}),
         ("post", "/embed/batch", {"inputs": []}),
         ("get", "/metadata", None),
+        ("post", "/v1/embed", {"text": "x"}),
+        ("post", "/v1/embed/batch", {"texts": ["x"]}),
+        ("get", "/v1/stats", None),
     ]:
         response = client.request(method, path, json=body, headers=headers)
         assert response.status_code == 401
@@ -184,6 +187,19 @@ def test_missing_or_invalid_key_is_401(client: TestClient, headers: dict[str, st
                 "message": "missing or invalid API key; send 'Authorization: Bearer <key>'.",
             }
         }
+
+
+def test_without_a_cache_responses_carry_no_cache_headers(client: TestClient) -> None:
+    for path, body in [
+        ("/embed", {"input": "x"}),
+        ("/embed", {"texts": ["x", "x"]}),
+        ("/embed/batch", {"inputs": [{"id": "a", "text": "x"}]}),
+        ("/v1/embed", {"text": "x"}),
+    ]:
+        for _ in range(2):
+            response = client.post(path, json=body, headers=AUTH)
+            assert response.status_code == 200
+            assert not {"x-cache-hits", "x-cache-hit-indexes"} & set(response.headers)
 
 
 def test_both_configured_keys_are_accepted() -> None:
@@ -436,7 +452,16 @@ def test_openapi_paths_snapshot(client: TestClient) -> None:
         "/embed/batch": ["post"],
         "/health": ["get"],
         "/metadata": ["get"],
+        "/v1/embed": ["post"],
+        "/v1/embed/batch": ["post"],
+        "/v1/stats": ["get"],
     }
+    schemas = spec["components"]["schemas"]
+    assert schemas["V1EmbedRequest"]["required"] == ["text"]
+    assert schemas["V1EmbedResponse"]["required"] == ["embedding", "cached", "dimensions"]
+    assert schemas["V1EmbedBatchRequest"]["required"] == ["texts"]
+    assert schemas["V1EmbedBatchResponse"]["required"] == ["embeddings", "cached", "dimensions"]
+    assert schemas["CacheStatsResponse"]["required"] == ["tenant", "cache", "hits", "misses", "entries"]
     assert spec["components"]["schemas"]["EmbedBatchRequest"]["required"] == ["inputs"]
     assert spec["components"]["schemas"]["BatchInput"]["required"] == ["id", "text"]
     assert spec["components"]["schemas"]["EmbedTextsRequest"]["required"] == ["texts"]

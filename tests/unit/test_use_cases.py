@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from adapters.dynamic_batcher import BatchPolicy, DynamicBatchingScheduler
 from adapters.fake_embedder import FakeEmbedderLoader
+from adapters.memory_cache import NoEmbeddingCache
 from domain.errors import (
     BatchTooLarge,
     InputTooLong,
@@ -21,8 +22,8 @@ from domain.errors import (
     UnknownModel,
     UnsupportedEncodingFormat,
 )
-from domain.model import KNOWN_MODELS, Limits, TextItem
-from domain.services import ModelHost, ModelState
+from domain.model import KNOWN_MODELS, Caller, Limits, TextItem
+from domain.services import FailSafeCache, ModelHost, ModelState
 from domain.use_cases import AuthenticateCaller, EmbedBatch, EmbedOne, GetHealth
 
 SPEC = KNOWN_MODELS["all-mpnet-base-v2"]
@@ -49,7 +50,8 @@ def build(limits: Limits | None = None, micro_batch_size: int = 4) -> tuple[Embe
     host = ModelHost(FakeEmbedderLoader(SPEC))
     scheduler_ = scheduler(micro_batch_size)
     limits = limits or Limits(max_input_length=100, max_batch_size=100)
-    return EmbedOne(host, scheduler_, limits), EmbedBatch(host, scheduler_, limits), host
+    no_cache = FailSafeCache(NoEmbeddingCache())
+    return EmbedOne(host, scheduler_, limits, no_cache), EmbedBatch(host, scheduler_, limits, no_cache), host
 
 
 async def ready(host: ModelHost) -> None:
@@ -115,7 +117,7 @@ def test_validation_errors_name_the_problem() -> None:
 def test_nothing_is_embedded_before_the_model_is_ready() -> None:
     async def scenario() -> None:
         host = ModelHost(FakeEmbedderLoader(SPEC, load_delay_s=0.3))
-        embed_one = EmbedOne(host, scheduler(), Limits(100, 100))
+        embed_one = EmbedOne(host, scheduler(), Limits(100, 100), FailSafeCache(NoEmbeddingCache()))
         task = host.start()
         assert GetHealth(host).execute().ready is False
         with pytest.raises(ModelNotReady):
@@ -137,12 +139,12 @@ def test_failed_load_reports_error_health() -> None:
     asyncio.run(scenario())
 
 
-def test_authentication_accepts_only_configured_keys() -> None:
-    auth = AuthenticateCaller(["alpha-key", "beta-key"])
-    auth.execute("alpha-key")
-    auth.execute("beta-key")
+def test_authentication_accepts_only_configured_keys_and_names_their_tenant() -> None:
+    auth = AuthenticateCaller({"alpha": "alpha-key", "beta": "beta-key", "unused": ""})
+    assert auth.execute("alpha-key") == Caller("alpha")
+    assert auth.execute("beta-key") == Caller("beta")
     for wrong in (None, "", "alpha", "alpha-key ", "gamma-key"):
         with pytest.raises(Unauthenticated):
             auth.execute(wrong)
-    assert AuthenticateCaller([]).enabled is False
-    AuthenticateCaller([]).execute(None)
+    assert AuthenticateCaller({}).enabled is False
+    assert AuthenticateCaller({}).execute(None) == Caller("anonymous")

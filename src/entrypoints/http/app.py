@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -14,14 +15,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from domain.errors import DomainError
-from domain.model import TextItem
-from domain.use_cases import EmbedBatch, EmbedOne, GetHealth, GetMetadata
+from domain.model import Caller, TextItem
+from domain.use_cases import EmbedBatch, EmbeddingResult, EmbedOne, GetCacheStats, GetHealth, GetMetadata
 from entrypoints.container import Container, build_container
 from entrypoints.http.errors import domain_error_response, error_body, internal_error_response
 from entrypoints.http.middleware import AccessLog, BodySizeLimit
 from entrypoints.http.responses import VectorJSONResponse
 from entrypoints.http.schemas import (
     DIALECT_TAGS,
+    CacheStatsResponse,
     EmbedAnyRequest,
     EmbedBatchRequest,
     EmbedBatchResponse,
@@ -31,6 +33,10 @@ from entrypoints.http.schemas import (
     ErrorResponse,
     HealthResponse,
     MetadataResponse,
+    V1EmbedBatchRequest,
+    V1EmbedBatchResponse,
+    V1EmbedRequest,
+    V1EmbedResponse,
 )
 from entrypoints.settings import Settings, check_startup
 
@@ -65,10 +71,28 @@ async def get_metadata(request: Request) -> GetMetadata:
     return container_of(request).get_metadata()
 
 
-async def authenticated(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+async def get_cache_stats(request: Request) -> GetCacheStats:
+    return container_of(request).get_cache_stats()
+
+
+async def authenticated(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
     scheme, _, token = (authorization or "").partition(" ")
     presented = token.strip() if scheme.lower() == "bearer" else None
-    container_of(request).authenticate().execute(presented)
+    return container_of(request).authenticate().execute(presented)
+
+
+CallerDep = Annotated[Caller, Depends(authenticated)]
+
+CACHE_HITS_HEADER = "X-Cache-Hits"
+CACHE_HIT_INDEXES_HEADER = "X-Cache-Hit-Indexes"
+
+
+def cache_headers(result: EmbeddingResult) -> dict[str, str]:
+    """With a cache configured: how many inputs, and which (0-based, in request order), came from it."""
+    if not result.cache_used:
+        return {}
+    hits = result.cache_hits
+    return {CACHE_HITS_HEADER: str(len(hits)), CACHE_HIT_INDEXES_HEADER: ",".join(map(str, hits))}
 
 
 def _location(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
@@ -86,10 +110,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         container.host().start()
+        cache = container.cache()
+        preparing = asyncio.create_task(asyncio.to_thread(cache.prepare))  # a cache that is down only logs
         try:
             yield
         finally:
             container.scheduler().shutdown()
+            await preparing
+            await asyncio.to_thread(cache.close)
 
     app = FastAPI(title="embedding-service", version="0.1.0", lifespan=lifespan)
     app.state.container = container
@@ -121,14 +149,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     auth = [Depends(authenticated)]
 
-    @app.post("/embed", response_model=EmbedResponse | EmbedTextsResponse, responses=ERRORS, dependencies=auth)
+    @app.post("/embed", response_model=EmbedResponse | EmbedTextsResponse, responses=ERRORS)
     async def embed(
         body: EmbedAnyRequest,
+        caller: CallerDep,
         one: Annotated[EmbedOne, Depends(embed_one)],
         many: Annotated[EmbedBatch, Depends(embed_batch)],
     ) -> JSONResponse:
         if isinstance(body, EmbedRequest):
-            result = await one.execute(body.input, body.model, body.encoding_format)
+            result = await one.execute(body.input, body.model, body.encoding_format, caller)
             log.info("embedded 1 text (%d chars)", len(body.input))
             item = result.items[0]
             return VectorJSONResponse(
@@ -136,10 +165,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "object": "list",
                     "model": result.model,
                     "data": [{"object": "embedding", "embedding": item.embedding, "index": item.index}],
-                }
+                },
+                headers=cache_headers(result),
             )
         started = time.perf_counter()
-        result = await many.execute([TextItem(id=None, text=text) for text in body.texts], body.model)
+        items = [TextItem(id=None, text=text) for text in body.texts]
+        result = await many.execute(items, body.model, caller=caller)
         elapsed_ms = (time.perf_counter() - started) * 1000
         log.info("embedded %d texts (%d chars)", len(body.texts), sum(len(t) for t in body.texts))
         return VectorJSONResponse(
@@ -147,27 +178,62 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "embeddings": [item.embedding for item in result.items],
                 "model": result.model,
                 "processing_time_ms": round(elapsed_ms, 3),
-            }
+            },
+            headers=cache_headers(result),
         )
 
-    @app.post(
-        "/embed/batch",
-        response_model=EmbedBatchResponse,
-        responses=ERRORS,
-        dependencies=auth,
-    )
+    @app.post("/embed/batch", response_model=EmbedBatchResponse, responses=ERRORS)
     async def embed_many(
-        body: EmbedBatchRequest, use_case: Annotated[EmbedBatch, Depends(embed_batch)]
+        body: EmbedBatchRequest, caller: CallerDep, use_case: Annotated[EmbedBatch, Depends(embed_batch)]
     ) -> JSONResponse:
         items = [TextItem(id=i.id, text=i.text) for i in body.inputs]
-        result = await use_case.execute(items, body.model, body.encoding_format)
+        result = await use_case.execute(items, body.model, body.encoding_format, caller)
         log.info("embedded batch of %d texts (%d chars)", len(items), sum(len(i.text) for i in items))
         return VectorJSONResponse(
             {
                 "object": "list",
                 "model": result.model,
                 "data": [{"id": item.id, "object": "embedding", "embedding": item.embedding} for item in result.items],
-            }
+            },
+            headers=cache_headers(result),
+        )
+
+    @app.post("/v1/embed", response_model=V1EmbedResponse, responses=ERRORS)
+    async def v1_embed(
+        body: V1EmbedRequest, caller: CallerDep, use_case: Annotated[EmbedOne, Depends(embed_one)]
+    ) -> JSONResponse:
+        result = await use_case.execute(body.text, body.model, caller=caller)
+        log.info("embedded 1 text (%d chars) for %s", len(body.text), caller.tenant)
+        item = result.items[0]
+        return VectorJSONResponse(
+            {"embedding": item.embedding, "cached": item.cached, "dimensions": result.dimensions},
+            headers=cache_headers(result),
+        )
+
+    @app.post("/v1/embed/batch", response_model=V1EmbedBatchResponse, responses=ERRORS)
+    async def v1_embed_batch(
+        body: V1EmbedBatchRequest, caller: CallerDep, use_case: Annotated[EmbedBatch, Depends(embed_batch)]
+    ) -> JSONResponse:
+        items = [TextItem(id=None, text=text) for text in body.texts]
+        result = await use_case.execute(items, body.model, caller=caller)
+        log.info("embedded %d texts (%d chars) for %s", len(items), sum(len(t) for t in body.texts), caller.tenant)
+        return VectorJSONResponse(
+            {
+                "embeddings": [item.embedding for item in result.items],
+                "cached": [item.cached for item in result.items],
+                "dimensions": result.dimensions,
+            },
+            headers=cache_headers(result),
+        )
+
+    @app.get("/v1/stats", response_model=CacheStatsResponse, responses=ERRORS)
+    async def v1_stats(
+        caller: CallerDep, use_case: Annotated[GetCacheStats, Depends(get_cache_stats)]
+    ) -> CacheStatsResponse:
+        report = await use_case.execute(caller)
+        stats = report.stats
+        return CacheStatsResponse(
+            tenant=report.tenant, cache=report.backend, hits=stats.hits, misses=stats.misses, entries=stats.entries
         )
 
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})

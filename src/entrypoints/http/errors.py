@@ -21,6 +21,7 @@ STATUS_BY_ERROR: dict[type[errors.DomainError], int] = {
     errors.BackendFailure: 503,
     errors.ModelIntegrityError: 503,
     errors.BackendDisagrees: 503,
+    errors.CacheUnavailable: 503,
     errors.Timeout: 504,
 }
 
@@ -40,7 +41,7 @@ def domain_error_response(exc: errors.DomainError) -> JSONResponse:
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, errors.Overloaded):
         headers["Retry-After"] = str(exc.retry_after_s)
-    elif isinstance(exc, errors.ModelNotReady):
+    elif isinstance(exc, errors.ModelNotReady | errors.CacheUnavailable):
         headers["Retry-After"] = "5"
     return JSONResponse(error_body(error_type(exc), exc.message, **exc.details), status, headers=headers)
 

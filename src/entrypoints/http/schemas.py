@@ -116,3 +116,37 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+class V1EmbedRequest(BaseModel):
+    """Hosted API: one text."""
+
+    text: str = Field(description="the text to embed")
+    model: str | None = Field(None, description="served model: short name or hub id")
+
+
+class V1EmbedResponse(BaseModel):
+    embedding: list[float]
+    cached: bool = Field(description="true when the vector came from the cache instead of the model")
+    dimensions: int
+
+
+class V1EmbedBatchRequest(BaseModel):
+    """Hosted API: 1 to MAX_BATCH_SIZE (100) texts."""
+
+    texts: list[str] = Field(description="texts to embed, answered in the same order")
+    model: str | None = Field(None, description="served model: short name or hub id")
+
+
+class V1EmbedBatchResponse(BaseModel):
+    embeddings: list[list[float]]
+    cached: list[bool] = Field(description="per text, in order: served from the cache")
+    dimensions: int
+
+
+class CacheStatsResponse(BaseModel):
+    tenant: str = Field(description="the caller's tenant, from its API key")
+    cache: str = Field(description="cache backend: none, memory, sqlite or postgres")
+    hits: int = Field(description="distinct texts per request served from the cache")
+    misses: int = Field(description="distinct texts per request looked up and not found")
+    entries: int = Field(description="vectors stored for this tenant")

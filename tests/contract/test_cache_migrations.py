@@ -1,0 +1,76 @@
+"""The Alembic migrations of the cache schema: they build exactly the tables the adapter queries, on SQLite and on
+the real PostgreSQL, go down and up again, and several processes may run them at once."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+
+from adapters.sql_cache import (
+    VERSION_TABLE,
+    PostgresEmbeddingCache,
+    SqlAlchemyEmbeddingCache,
+    SqliteEmbeddingCache,
+    alembic_config,
+    metadata,
+)
+from tests.support import postgres_database
+
+
+def differences(cache: SqlAlchemyEmbeddingCache) -> list[object]:
+    with cache.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE, "compare_type": True})
+        return list(compare_metadata(context, metadata))
+
+
+def tables(cache: SqlAlchemyEmbeddingCache) -> set[str]:
+    return set(inspect(cache.engine).get_table_names())
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_migrations_match_the_tables_the_adapter_uses(backend: str, tmp_path: Path) -> None:
+    with postgres_database() as url:
+        cache = SqliteEmbeddingCache(tmp_path / "c.sqlite3") if backend == "sqlite" else PostgresEmbeddingCache(url)
+        cache.prepare()
+        assert tables(cache) == {"embedding_cache_entries", "embedding_cache_counters", VERSION_TABLE}
+        assert differences(cache) == []
+        with cache.engine.begin() as connection:
+            command.downgrade(alembic_config(connection), "base")
+        assert tables(cache) == {VERSION_TABLE}
+        cache.prepare()
+        assert differences(cache) == []
+        cache.close()
+
+
+def _prepare(url: str) -> None:
+    PostgresEmbeddingCache(url).prepare()
+
+
+def _prepare_sqlite(path: str) -> None:
+    SqliteEmbeddingCache(Path(path), timeout_s=10).prepare()
+
+
+def test_processes_starting_together_migrate_once() -> None:
+    spawn = multiprocessing.get_context("spawn")
+    with postgres_database() as url:
+        with spawn.Pool(4) as pool:
+            pool.map(_prepare, [url] * 4)
+        cache = PostgresEmbeddingCache(url)
+        assert differences(cache) == []
+        cache.close()
+
+
+def test_processes_starting_together_migrate_one_sqlite_file_once(tmp_path: Path) -> None:
+    spawn = multiprocessing.get_context("spawn")
+    path = tmp_path / "data" / "c.sqlite3"
+    with spawn.Pool(4) as pool:
+        pool.map(_prepare_sqlite, [str(path)] * 4)
+    cache = SqliteEmbeddingCache(path)
+    assert differences(cache) == []
+    cache.close()

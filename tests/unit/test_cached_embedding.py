@@ -1,0 +1,255 @@
+"""The cache as the embed use cases use it, on the fake embedder and the in-memory cache: cache on == cache off,
+only misses computed, tenants apart, failures never fail a request."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from adapters.dynamic_batcher import BatchPolicy, DynamicBatchingScheduler
+from adapters.fake_embedder import FakeEmbedder, FakeEmbedderLoader
+from adapters.memory_cache import InMemoryEmbeddingCache, NoEmbeddingCache
+from domain.errors import CacheUnavailable
+from domain.model import KNOWN_MODELS, SHARED_POOL, CacheScope, CacheStats, Caller, Limits, TextItem, Vector
+from domain.ports import EmbeddingCache
+from domain.services import FailSafeCache, ModelHost, text_key
+from domain.use_cases import EmbedBatch, EmbedOne, GetCacheStats
+
+SPEC = KNOWN_MODELS["all-MiniLM-L6-v2"]
+ACME, GLOBEX = Caller("acme"), Caller("globex")
+SCHEDULERS: list[DynamicBatchingScheduler] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _stop_schedulers() -> Iterator[None]:
+    yield
+    while SCHEDULERS:
+        SCHEDULERS.pop().shutdown()
+
+
+class Service:
+    """The embed use cases over one fake model, one scheduler and the given cache store."""
+
+    def __init__(self, store: EmbeddingCache, shared_pool: bool = False, retry_after_s: float = 5.0) -> None:
+        self.host = ModelHost(FakeEmbedderLoader(SPEC))
+        scheduler = DynamicBatchingScheduler(timeout_s=5, max_queued_texts=1000, policy=BatchPolicy(max_texts=64))
+        SCHEDULERS.append(scheduler)
+        self.cache = FailSafeCache(store, shared_pool=shared_pool, retry_after_s=retry_after_s)
+        limits = Limits(max_input_length=1000, max_batch_size=100)
+        self.one = EmbedOne(self.host, scheduler, limits, self.cache)
+        self.batch = EmbedBatch(self.host, scheduler, limits, self.cache)
+
+    async def start(self) -> Service:
+        await self.host.start()
+        return self
+
+    @property
+    def model_calls(self) -> list[int]:
+        embedder = self.host.embedder()
+        assert isinstance(embedder, FakeEmbedder)
+        return list(embedder.calls)
+
+    async def embed(self, texts: Sequence[str], caller: Caller = ACME) -> tuple[np.ndarray, list[bool]]:
+        result = await self.batch.execute([TextItem(id=None, text=t) for t in texts], caller=caller)
+        return np.stack([item.embedding for item in result.items]), [item.cached for item in result.items]
+
+
+def scope_of(service: Service, tenant: str) -> CacheScope:
+    info = service.host.embedder().info
+    return CacheScope(tenant, info.cache_model, info.cache_variant)
+
+
+@given(st.lists(st.lists(st.sampled_from(["a", "b", "Ada", "ada", " a ", "", "ΟΔΟΣ", "x y"]), min_size=1), min_size=1))
+def test_cache_on_equals_cache_off(batches: list[list[str]]) -> None:
+    async def scenario() -> None:
+        on = await Service(InMemoryEmbeddingCache(max_entries=3)).start()  # small: evictions happen too
+        off = await Service(NoEmbeddingCache()).start()
+        for texts in batches:
+            cached_vectors, _ = await on.embed(texts)
+            plain_vectors, flags = await off.embed(texts)
+            np.testing.assert_array_equal(cached_vectors, plain_vectors)
+            assert flags == [False] * len(texts)
+
+    asyncio.run(scenario())
+
+
+def test_only_misses_are_computed_each_distinct_text_once() -> None:
+    async def scenario() -> None:
+        service = await Service(InMemoryEmbeddingCache()).start()
+        _, flags = await service.embed(["jazz", "market", "jazz"])
+        assert flags == [False, False, False]
+        assert service.model_calls == [2]  # "jazz" once
+        _, flags = await service.embed(["market", "cinema", "jazz", "cinema"])
+        assert flags == [True, False, True, False]
+        assert service.model_calls == [2, 1]  # only "cinema"
+        _, flags = await service.embed(["cinema"])
+        assert (flags, service.model_calls) == ([True], [2, 1])
+        stats = service.cache.stats("acme")
+        assert stats == CacheStats(hits=3, misses=3, entries=3)
+
+    asyncio.run(scenario())
+
+
+def test_single_texts_and_batches_share_entries() -> None:
+    async def scenario() -> None:
+        service = await Service(InMemoryEmbeddingCache()).start()
+        first = await service.one.execute("Ada Lovelace", caller=ACME)
+        assert first.cache_used and not first.items[0].cached
+        vectors, flags = await service.embed(["Ada Lovelace"])
+        assert flags == [True]
+        np.testing.assert_array_equal(vectors[0], first.items[0].embedding)
+
+    asyncio.run(scenario())
+
+
+def test_tenants_never_see_each_others_entries() -> None:
+    async def scenario() -> None:
+        service = await Service(InMemoryEmbeddingCache()).start()
+        await service.embed(["private note"], caller=ACME)
+        _, flags = await service.embed(["private note"], caller=GLOBEX)
+        assert flags == [False]
+        assert service.model_calls == [1, 1]
+        assert service.cache.stats("globex") == CacheStats(hits=0, misses=1, entries=1)
+
+    asyncio.run(scenario())
+
+
+def test_shared_pool_serves_every_tenant_only_when_enabled() -> None:
+    async def scenario() -> None:
+        store = InMemoryEmbeddingCache()
+        plain = await Service(store).start()
+        pooled = await Service(store, shared_pool=True).start()
+        shared = scope_of(plain, SHARED_POOL)
+        public = plain.host.embedder().embed(["public holiday"])
+        store.put(shared, {text_key(plain.host.embedder().info.text_key, "public holiday"): public[0]})
+        _, flags = await plain.embed(["public holiday"], caller=GLOBEX)
+        assert flags == [False]
+        _, flags = await pooled.embed(["public holiday"], caller=ACME)
+        assert flags == [True]
+        assert store.hit_count(shared, text_key(plain.host.embedder().info.text_key, "public holiday")) == 1
+
+    asyncio.run(scenario())
+
+
+def test_malformed_cached_vectors_are_recomputed(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        store = InMemoryEmbeddingCache()
+        service = await Service(store).start()
+        rule = service.host.embedder().info.text_key
+        store.put(scope_of(service, "acme"), {text_key(rule, "short"): np.ones(3, dtype=np.float32)})
+        vectors, flags = await service.embed(["short"])
+        assert flags == [False]
+        np.testing.assert_array_equal(vectors[0], service.host.embedder().embed(["short"])[0])
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(scenario())
+    assert "ignored 1 malformed cache entries" in caplog.text
+
+
+class SwitchableStore:
+    """An in-memory cache whose storage can be made to fail, like a database going down and coming back."""
+
+    def __init__(self) -> None:
+        self.inner = InMemoryEmbeddingCache()
+        self.down = False
+        self.calls = 0
+        self.backend = "memory"
+
+    def _check(self) -> None:
+        self.calls += 1
+        if self.down:
+            raise ConnectionError("connection refused\nsecond line with details")
+
+    def prepare(self) -> None:
+        self._check()
+
+    def get(
+        self, scope: CacheScope, keys: Sequence[bytes], *, shared_pool: bool = False, count: bool = True
+    ) -> dict[bytes, Vector]:
+        self._check()
+        return self.inner.get(scope, keys, shared_pool=shared_pool, count=count)
+
+    def put(self, scope: CacheScope, vectors: Mapping[bytes, Vector]) -> None:
+        self._check()
+        self.inner.put(scope, vectors)
+
+    def stats(self, tenant: str) -> CacheStats:
+        self._check()
+        return self.inner.stats(tenant)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_failing_cache_never_fails_a_request_and_is_retried(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        store = SwitchableStore()
+        service = await Service(store, retry_after_s=0.2).start()
+        await service.embed(["kept"])
+        store.down = True
+        vectors, flags = await service.embed(["kept", "new"])  # lookup fails: both computed
+        assert flags == [False, False]
+        np.testing.assert_array_equal(vectors, service.host.embedder().embed(["kept", "new"]))
+        calls_when_down = store.calls
+        for _ in range(5):
+            await service.embed(["kept"])
+        assert store.calls == calls_when_down  # within retry_after_s the store is not touched
+        with pytest.raises(CacheUnavailable):
+            await GetCacheStats(service.cache).execute(ACME)
+        store.down = False
+        await asyncio.sleep(0.25)
+        _, flags = await service.embed(["kept"])
+        assert flags == [True]
+        assert service.cache.available
+
+    with caplog.at_level(logging.INFO, logger="domain.services"):
+        asyncio.run(scenario())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "embedding cache (memory) lookup failed (ConnectionError: connection refused); embedding without it, "
+        "next try in 0.2 s"
+    ]
+    assert any("is back after" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unreachable_cache_at_start_is_prepared_later() -> None:
+    async def scenario() -> None:
+        store = SwitchableStore()
+        store.down = True
+        service = await Service(store, retry_after_s=0.05).start()
+        assert service.cache.prepare() is False
+        store.down = False
+        await asyncio.sleep(0.06)
+        await service.embed(["later"])
+        _, flags = await service.embed(["later"])
+        assert flags == [True]
+
+    asyncio.run(scenario())
+
+
+def test_no_cache_reports_nothing() -> None:
+    async def scenario() -> None:
+        service = await Service(NoEmbeddingCache()).start()
+        result = await service.one.execute("x", caller=ACME)
+        assert (result.cache_used, result.cache_hits) == (False, [])
+        report = await GetCacheStats(service.cache).execute(ACME)
+        assert (report.backend, report.stats) == ("none", CacheStats(0, 0, 0))
+
+    asyncio.run(scenario())
+
+
+def test_memory_cache_evicts_the_least_recently_used() -> None:
+    cache = InMemoryEmbeddingCache(max_entries=2)
+    scope = CacheScope("acme", "m@r", "fake-fp32/float32-l2")
+    vector = np.ones(4, dtype=np.float32) / 2
+    cache.put(scope, {b"a": vector, b"b": vector})
+    assert set(cache.get(scope, [b"a"])) == {b"a"}  # a is now the most recent
+    cache.put(scope, {b"c": vector})
+    assert set(cache.get(scope, [b"a", b"b", b"c"])) == {b"a", b"c"}
+    assert cache.stats("acme").entries == 2
