@@ -1,4 +1,5 @@
-"""Command line: `embedding-service serve`, `models pull NAME`, `embed-file IN OUT`, `keygen`, `ensure-env-key`."""
+"""Command line: `embedding-service serve`, `models pull NAME`, `embed-file IN OUT`, `cache seed|migrate|stats`,
+`keygen`, `ensure-env-key`."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import argparse
 import logging
 import secrets
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from domain.model import KNOWN_MODELS, resolve_model
+from domain.errors import DomainError
+from domain.model import KNOWN_MODELS, SHARED_POOL, resolve_model
 from entrypoints.container import build_container
 from entrypoints.settings import LOG_DATEFMT, LOG_FORMAT, ConfigurationError, Settings, check_startup, configure_logging
 
@@ -98,6 +101,86 @@ def embed_file(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lines(path: Path) -> Iterator[str]:
+    """The texts of a file, one per line (line ends removed); blank lines are skipped."""
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            text = line.rstrip("\r\n")
+            if text.strip():
+                yield text
+
+
+def cache_seed(args: argparse.Namespace) -> int:
+    """Embed the lines of a text file into the cache (a tenant's entries or the shared pool) with the served model."""
+    from tqdm import tqdm
+
+    settings = Settings()
+    container = build_container(settings)
+    tenant = SHARED_POOL if args.shared else args.tenant
+    path = Path(args.file)
+    try:
+        with tqdm(unit="text", disable=args.no_progress, desc=f"seeding {tenant}") as bar:
+            report = container.seed_cache().execute(_lines(path), tenant, progress=bar.update)
+    except FileNotFoundError:
+        log.error("no such file: %s", path)
+        return 2
+    except DomainError as exc:
+        log.error("%s", exc.message)
+        return 2
+    except KeyboardInterrupt:
+        log.warning("interrupted; every chunk stored so far is kept: run the same command again to continue")
+        return 130
+    except Exception as exc:
+        log.error("seeding failed: %s: %s", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return 1
+    finally:
+        container.cache_store().close()
+    log.info(
+        "seeded %s in %s (%s): %d lines, %d distinct texts, %d already cached, %d embedded now, %d over %d characters "
+        "skipped",
+        tenant,
+        settings.cache_backend,
+        settings.model_name,
+        report.texts,
+        report.distinct,
+        report.already_cached,
+        report.embedded,
+        report.too_long,
+        settings.max_input_length,
+    )
+    return 0
+
+
+def cache_migrate(_: argparse.Namespace) -> int:
+    """Create or upgrade the cache's tables now (the server also does it at start-up)."""
+    settings = Settings()
+    store = build_container(settings).cache_store()
+    try:
+        store.prepare()
+    except Exception as exc:
+        log.error("migrating the %s cache failed: %s", settings.cache_backend, str(exc).splitlines()[0])
+        return 1
+    finally:
+        store.close()
+    log.info("the %s cache is at the latest schema", settings.cache_backend)
+    return 0
+
+
+def cache_stats(args: argparse.Namespace) -> int:
+    settings = Settings()
+    store = build_container(settings).cache_store()
+    try:
+        store.prepare()
+        stats = store.stats(SHARED_POOL if args.shared else args.tenant)
+    except Exception as exc:
+        log.error("reading the %s cache failed: %s", settings.cache_backend, str(exc).splitlines()[0])
+        return 1
+    finally:
+        store.close()
+    print(f"hits={stats.hits} misses={stats.misses} entries={stats.entries}")
+    return 0
+
+
 def keygen(_: argparse.Namespace) -> int:
     print(secrets.token_urlsafe(32))
     return 0
@@ -166,6 +249,28 @@ def parser() -> argparse.ArgumentParser:
     file_cmd.add_argument("--max-retries", type=int, default=10, help="retries of 429/503 answers")
     file_cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
     file_cmd.set_defaults(func=embed_file)
+
+    cache = commands.add_parser("cache", help="the embedding cache (CACHE_BACKEND, DATA_DIR / CACHE_URL)")
+    cache_cmd = cache.add_subparsers(dest="cache_command", required=True)
+    seed_cmd = cache_cmd.add_parser(
+        "seed",
+        help="embed the lines of a text file into the cache ahead of traffic; resumable",
+        description="One text per line (blank lines skipped). Uses the same model, backend and precision settings as "
+        "`serve`, so the entries are the ones the server looks up. Texts already cached are skipped.",
+    )
+    seed_cmd.add_argument("file", metavar="FILE.txt")
+    whose = seed_cmd.add_mutually_exclusive_group(required=True)
+    whose.add_argument("--tenant", help="the tenant whose private entries to fill (e.g. peoplepad, default, acme)")
+    whose.add_argument("--shared", action="store_true", help="fill the shared pool (read when CACHE_SHARED_POOL=true)")
+    seed_cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
+    seed_cmd.set_defaults(func=cache_seed)
+    migrate_cmd = cache_cmd.add_parser("migrate", help="create or upgrade the cache tables now")
+    migrate_cmd.set_defaults(func=cache_migrate)
+    stats_cmd = cache_cmd.add_parser("stats", help="hits, misses and entries of a tenant")
+    stats_whose = stats_cmd.add_mutually_exclusive_group(required=True)
+    stats_whose.add_argument("--tenant")
+    stats_whose.add_argument("--shared", action="store_true")
+    stats_cmd.set_defaults(func=cache_stats)
 
     keygen_cmd = commands.add_parser("keygen", help="print a new random API key")
     keygen_cmd.set_defaults(func=keygen)
