@@ -6,7 +6,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    MODEL_PATH=/var/lib/embedding-models
+    MODEL_PATH=/var/lib/embedding-models \
+    DATA_DIR=/var/lib/embedding-data
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /app
@@ -19,12 +20,12 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 RUN pip install -c constraints.txt -e . \
     && useradd --create-home --uid 10001 app \
-    && mkdir -p /var/lib/embedding-models \
-    && chown app /var/lib/embedding-models
+    && mkdir -p /var/lib/embedding-models /var/lib/embedding-data \
+    && chown app /var/lib/embedding-models /var/lib/embedding-data
 
 # Declared after the chown: Docker named volumes and ECS Fargate bind mounts at this path start as a copy of it,
 # owned by the app user (an undeclared Fargate bind mount is root-owned and unwritable with USER 10001).
-VOLUME ["/var/lib/embedding-models"]
+VOLUME ["/var/lib/embedding-models", "/var/lib/embedding-data"]
 
 USER 10001
 EXPOSE 8080 8003

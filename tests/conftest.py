@@ -16,5 +16,10 @@ for variable in (
     "EMBEDDER_BACKEND",
     "EMBEDDING_SERVICE_URL",
     "EMBEDDING_MODEL",
+    "TENANT_API_KEYS",
+    "CACHE_BACKEND",
+    "CACHE_URL",
+    "CACHE_SHARED_POOL",
+    "DATA_DIR",
 ):
     os.environ.pop(variable, None)

@@ -103,7 +103,10 @@ def test_compose_events_service_serves_minilm_on_8003_with_one_worker(compose: d
     }
 
 
-@pytest.mark.parametrize(("service", "port"), [("embedding-service", 8080), ("embedding-service-events", 8003)])
+@pytest.mark.parametrize(
+    ("service", "port"),
+    [("embedding-service", 8080), ("embedding-service-events", 8003), ("embedding-service-hosted", 8090)],
+)
 def test_compose_command_and_healthcheck_really_work(
     compose: dict[str, Any], tmp_path: Path, service: str, port: int
 ) -> None:
@@ -120,6 +123,8 @@ def test_compose_command_and_healthcheck_really_work(
     command[command.index("--host") + 1] = "127.0.0.1"
     env = {**os.environ, **definition.get("environment", {}), "MODEL_PATH": str(MODEL_ROOT)}
     env |= {"EMBEDDER_BACKEND": "fake", "EMBEDDING_API_KEY": API_KEY}
+    if "DATA_DIR" in env:
+        env["DATA_DIR"] = str(tmp_path / "data")
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / command[0]), *command[1:]],
         env=env,
@@ -133,6 +138,12 @@ def test_compose_command_and_healthcheck_really_work(
         assert subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
         health = httpx.get(f"http://127.0.0.1:{local_port}/health").json()
         assert health["model_name"] == definition.get("environment", {}).get("MODEL_NAME", "all-mpnet-base-v2")
+        auth = {"Authorization": f"Bearer {API_KEY}"}
+        for cached in (False, True):
+            answer = httpx.post(f"http://127.0.0.1:{local_port}/v1/embed", json={"text": "t"}, headers=auth).json()
+            assert answer["cached"] is (cached and "CACHE_BACKEND" in definition.get("environment", {}))
+        if env.get("CACHE_BACKEND") == "sqlite":
+            assert (tmp_path / "data" / "embedding-cache.sqlite3").is_file()
     finally:
         process.terminate()
         process.communicate(timeout=30)
