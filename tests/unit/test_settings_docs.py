@@ -1,0 +1,24 @@
+"""Every setting is documented: in the README's configuration table and in .env.example, and the example parses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from entrypoints.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", sorted(Settings.model_fields))
+def test_setting_is_documented(name: str) -> None:
+    variable = name.upper()
+    assert f"`{variable}`" in (ROOT / "README.md").read_text(), f"{variable} missing from the README"
+    assert variable in (ROOT / ".env.example").read_text(), f"{variable} missing from .env.example"
+
+
+def test_env_example_is_a_valid_configuration() -> None:
+    settings = Settings(_env_file=ROOT / ".env.example")  # type: ignore[call-arg]
+    assert settings.cache_backend == "none"
+    assert settings.model_name == "all-mpnet-base-v2"
