@@ -25,7 +25,8 @@ RUN pip install -c constraints.txt -e . \
 
 # Declared after the chown: Docker named volumes and ECS Fargate bind mounts at this path start as a copy of it,
 # owned by the app user (an undeclared Fargate bind mount is root-owned and unwritable with USER 10001).
-VOLUME ["/var/lib/embedding-models", "/var/lib/embedding-data"]
+VOLUME ["/var/lib/embedding-models"]
+VOLUME ["/var/lib/embedding-data"]
 
 USER 10001
 EXPOSE 8080 8003

@@ -107,7 +107,9 @@ class _EmbedTexts:
         info = embedder.info
         scope = CacheScope(caller.tenant, info.cache_model, info.cache_variant)
         keys = [text_key(info.text_key, text) for text in texts]
-        first_text = dict(zip(reversed(keys), reversed(texts), strict=True))  # each key's first text
+        first_text: dict[bytes, str] = {}
+        for key, text in zip(keys, texts, strict=True):
+            first_text.setdefault(key, text)
         found = _well_formed(await asyncio.to_thread(self._cache.lookup, scope, list(first_text)), info)
         missing = [key for key in first_text if key not in found]
         fresh: dict[bytes, Vector] = {}

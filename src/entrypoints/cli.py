@@ -7,15 +7,18 @@ import argparse
 import logging
 import secrets
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from domain.errors import DomainError
 from domain.model import KNOWN_MODELS, SHARED_POOL, resolve_model
+from domain.ports import EmbeddingCache
 from entrypoints.container import build_container
 from entrypoints.settings import LOG_DATEFMT, LOG_FORMAT, ConfigurationError, Settings, check_startup, configure_logging
 
 log = logging.getLogger("entrypoints.cli")
+T = TypeVar("T")
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -151,32 +154,32 @@ def cache_seed(args: argparse.Namespace) -> int:
     return 0
 
 
-def cache_migrate(_: argparse.Namespace) -> int:
-    """Create or upgrade the cache's tables now (the server also does it at start-up)."""
+def _on_cache_store(what: str, action: Callable[[EmbeddingCache], T]) -> T | None:
+    """Run `action` on the configured cache store, migrated first; None (logged) when the storage fails."""
     settings = Settings()
     store = build_container(settings).cache_store()
     try:
         store.prepare()
+        return action(store)
     except Exception as exc:
-        log.error("migrating the %s cache failed: %s", settings.cache_backend, str(exc).splitlines()[0])
-        return 1
+        log.error("%s the %s cache failed: %s", what, settings.cache_backend, (str(exc).splitlines() or [""])[0])
+        return None
     finally:
         store.close()
-    log.info("the %s cache is at the latest schema", settings.cache_backend)
+
+
+def cache_migrate(_: argparse.Namespace) -> int:
+    """Create or upgrade the cache's tables now (the server also does it at start-up)."""
+    if _on_cache_store("migrating", lambda store: store.backend) is None:
+        return 1
+    log.info("the cache is at the latest schema")
     return 0
 
 
 def cache_stats(args: argparse.Namespace) -> int:
-    settings = Settings()
-    store = build_container(settings).cache_store()
-    try:
-        store.prepare()
-        stats = store.stats(SHARED_POOL if args.shared else args.tenant)
-    except Exception as exc:
-        log.error("reading the %s cache failed: %s", settings.cache_backend, str(exc).splitlines()[0])
+    stats = _on_cache_store("reading", lambda store: store.stats(SHARED_POOL if args.shared else args.tenant))
+    if stats is None:
         return 1
-    finally:
-        store.close()
     print(f"hits={stats.hits} misses={stats.misses} entries={stats.entries}")
     return 0
 
