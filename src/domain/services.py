@@ -113,7 +113,7 @@ T = TypeVar("T")
 class FailSafeCache:
     """The embedding cache as requests use it: a storage failure is logged and turns into a miss, never a failed
     request. After a failure the storage is left alone for `retry_after_s`; then one call probes it (preparing it
-    first if that never succeeded) while the others keep going without it."""
+    again first: a restored database may be empty) while the others keep going without it."""
 
     def __init__(
         self,
@@ -200,6 +200,7 @@ class FailSafeCache:
             if first:
                 self._down_since, self._skipped = now, 0
             self._retry_at = now + self._retry_after_s
+            self._prepared = False  # the database may come back empty: the next probe migrates first
         level = logging.WARNING if first else logging.DEBUG
         log.log(
             level,

@@ -159,6 +159,7 @@ class SwitchableStore:
         self.inner = InMemoryEmbeddingCache()
         self.down = False
         self.calls = 0
+        self.prepares = 0
         self.backend = "memory"
 
     def _check(self) -> None:
@@ -168,6 +169,7 @@ class SwitchableStore:
 
     def prepare(self) -> None:
         self._check()
+        self.prepares += 1
 
     def get(
         self, scope: CacheScope, keys: Sequence[bytes], *, shared_pool: bool = False, count: bool = True
@@ -207,6 +209,7 @@ def test_a_failing_cache_never_fails_a_request_and_is_retried(caplog: pytest.Log
         _, flags = await service.embed(["kept"])
         assert flags == [True]
         assert service.cache.available
+        assert store.prepares == 2  # at the first use, and again after the outage
 
     with caplog.at_level(logging.INFO, logger="domain.services"):
         asyncio.run(scenario())
