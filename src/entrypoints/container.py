@@ -16,8 +16,8 @@ from adapters.model_provisioning import (
     VerifiedModelProvisioner,
 )
 from adapters.sentence_transformer_loader import SentenceTransformerLoader
-from adapters.sql_cache import PostgresEmbeddingCache, SqliteEmbeddingCache
 from domain.model import Limits, resolve_model
+from domain.ports import EmbeddingCache
 from domain.services import FailSafeCache, ModelHost
 from domain.use_cases import (
     AuthenticateCaller,
@@ -42,6 +42,18 @@ def secret(value: object) -> str | None:
 
 
 SQLITE_FILE = "embedding-cache.sqlite3"
+
+
+def sqlite_cache(data_dir: str | Path, timeout_s: float) -> EmbeddingCache:
+    from adapters.sql_cache import SqliteEmbeddingCache  # SQLAlchemy and Alembic load only when a SQL cache is used
+
+    return SqliteEmbeddingCache(Path(data_dir) / SQLITE_FILE, timeout_s=timeout_s)
+
+
+def postgres_cache(url: str, timeout_s: float) -> EmbeddingCache:
+    from adapters.sql_cache import PostgresEmbeddingCache
+
+    return PostgresEmbeddingCache(url, timeout_s=timeout_s)
 
 
 class Container(containers.DeclarativeContainer):
@@ -95,15 +107,9 @@ class Container(containers.DeclarativeContainer):
         config.cache_backend,
         none=providers.Singleton(NoEmbeddingCache),
         memory=providers.Singleton(InMemoryEmbeddingCache, max_entries=config.cache_max_entries),
-        sqlite=providers.Singleton(
-            SqliteEmbeddingCache,
-            path=providers.Callable(lambda folder: Path(folder) / SQLITE_FILE, config.data_dir),
-            timeout_s=config.cache_timeout_seconds,
-        ),
+        sqlite=providers.Singleton(sqlite_cache, config.data_dir, timeout_s=config.cache_timeout_seconds),
         postgres=providers.Singleton(
-            PostgresEmbeddingCache,
-            url=providers.Callable(secret, config.cache_url),
-            timeout_s=config.cache_timeout_seconds,
+            postgres_cache, providers.Callable(secret, config.cache_url), timeout_s=config.cache_timeout_seconds
         ),
     )
     cache = providers.Singleton(

@@ -87,3 +87,18 @@ def test_importing_the_client_loads_no_torch_until_the_local_fallback_runs() -> 
     code = "import sys, embedding_client; print('torch' in sys.modules, 'fastapi' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
+
+
+@pytest.mark.parametrize(("cache", "loaded"), [("none", False), ("memory", False), ("sqlite", True)])
+def test_sqlalchemy_loads_only_for_a_sql_cache(cache: str, loaded: bool, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from entrypoints.http.app import create_app; from entrypoints.settings import Settings;"
+        f"app = create_app(Settings(_env_file=None, embedder_backend='fake', allow_unauthenticated=True,"
+        f" cache_backend='{cache}', data_dir='{tmp_path}'));"
+        "app.state.container.cache(); print('sqlalchemy' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(loaded)
