@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import settings
+
+from tests.support import stop_test_schedulers
 
 settings.register_profile("default", max_examples=60, deadline=None)
 settings.load_profile("default")
@@ -23,3 +27,9 @@ for variable in (
     "DATA_DIR",
 ):
     os.environ.pop(variable, None)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _stop_test_schedulers() -> Iterator[None]:
+    yield
+    stop_test_schedulers()

@@ -172,3 +172,20 @@ class TcpProxy:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+
+_SCHEDULERS: list[Any] = []
+
+
+def domain_test_scheduler(max_texts: int = 4) -> Any:
+    """A dynamic batching scheduler for domain tests; tests/conftest.py shuts every one down after its module."""
+    from adapters.dynamic_batcher import BatchPolicy, DynamicBatchingScheduler
+
+    built = DynamicBatchingScheduler(timeout_s=5, max_queued_texts=1000, policy=BatchPolicy(max_texts=max_texts))
+    _SCHEDULERS.append(built)
+    return built
+
+
+def stop_test_schedulers() -> None:
+    while _SCHEDULERS:
+        _SCHEDULERS.pop().shutdown()

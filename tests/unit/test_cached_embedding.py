@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapters.dynamic_batcher import BatchPolicy, DynamicBatchingScheduler
 from adapters.fake_embedder import FakeEmbedder, FakeEmbedderLoader
 from adapters.memory_cache import InMemoryEmbeddingCache, NoEmbeddingCache
 from domain.errors import CacheUnavailable
@@ -20,17 +19,10 @@ from domain.model import KNOWN_MODELS, SHARED_POOL, CacheScope, CacheStats, Call
 from domain.ports import EmbeddingCache
 from domain.services import FailSafeCache, ModelHost, text_key
 from domain.use_cases import EmbedBatch, EmbedOne, GetCacheStats
+from tests.support import domain_test_scheduler
 
 SPEC = KNOWN_MODELS["all-MiniLM-L6-v2"]
 ACME, GLOBEX = Caller("acme"), Caller("globex")
-SCHEDULERS: list[DynamicBatchingScheduler] = []
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _stop_schedulers() -> Iterator[None]:
-    yield
-    while SCHEDULERS:
-        SCHEDULERS.pop().shutdown()
 
 
 class Service:
@@ -38,8 +30,7 @@ class Service:
 
     def __init__(self, store: EmbeddingCache, shared_pool: bool = False, retry_after_s: float = 5.0) -> None:
         self.host = ModelHost(FakeEmbedderLoader(SPEC))
-        scheduler = DynamicBatchingScheduler(timeout_s=5, max_queued_texts=1000, policy=BatchPolicy(max_texts=64))
-        SCHEDULERS.append(scheduler)
+        scheduler = domain_test_scheduler(max_texts=64)
         self.cache = FailSafeCache(store, shared_pool=shared_pool, retry_after_s=retry_after_s)
         limits = Limits(max_input_length=1000, max_batch_size=100)
         self.one = EmbedOne(self.host, scheduler, limits, self.cache)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapters.dynamic_batcher import BatchPolicy, DynamicBatchingScheduler
+from adapters.dynamic_batcher import DynamicBatchingScheduler
 from adapters.fake_embedder import FakeEmbedderLoader
 from adapters.memory_cache import NoEmbeddingCache
 from domain.errors import (
@@ -25,24 +24,14 @@ from domain.errors import (
 from domain.model import KNOWN_MODELS, Caller, Limits, TextItem
 from domain.services import FailSafeCache, ModelHost, ModelState
 from domain.use_cases import AuthenticateCaller, EmbedBatch, EmbedOne, GetHealth
+from tests.support import domain_test_scheduler
 
 SPEC = KNOWN_MODELS["all-mpnet-base-v2"]
 texts_strategy = st.lists(st.text(max_size=60), min_size=1, max_size=40)
 
 
-SCHEDULERS: list[DynamicBatchingScheduler] = []
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _stop_schedulers() -> Iterator[None]:
-    yield
-    while SCHEDULERS:
-        SCHEDULERS.pop().shutdown()
-
-
 def scheduler(max_texts: int = 4) -> DynamicBatchingScheduler:
-    built = DynamicBatchingScheduler(timeout_s=5, max_queued_texts=1000, policy=BatchPolicy(max_texts=max_texts))
-    SCHEDULERS.append(built)
+    built: DynamicBatchingScheduler = domain_test_scheduler(max_texts)
     return built
 
 
