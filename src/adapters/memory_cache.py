@@ -7,7 +7,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
 
 from adapters.vector_bytes import from_bytes, to_bytes
-from domain.model import SHARED_POOL, CacheScope, CacheStats, Vector
+from domain.model import CacheScope, CacheStats, Vector
 
 
 class NoEmbeddingCache:
@@ -58,7 +58,7 @@ class InMemoryEmbeddingCache:
     def get(
         self, scope: CacheScope, keys: Sequence[bytes], *, shared_pool: bool = False, count: bool = True
     ) -> dict[bytes, Vector]:
-        tenants = [scope.tenant, SHARED_POOL] if shared_pool and scope.tenant != SHARED_POOL else [scope.tenant]
+        tenants = scope.readable_tenants(shared_pool)
         found: dict[bytes, Vector] = {}
         with self._lock:
             for key in keys:

@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from adapters.vector_bytes import from_bytes, to_bytes
-from domain.model import SHARED_POOL, CacheScope, CacheStats, Vector
+from domain.model import CacheScope, CacheStats, Vector
 
 MIGRATIONS = Path(__file__).with_name("cache_migrations")
 VERSION_TABLE = "embedding_cache_alembic_version"
@@ -100,7 +100,7 @@ class SqlAlchemyEmbeddingCache:
         wanted = sorted(set(keys))
         if not wanted:
             return {}
-        own_first = [scope.tenant, SHARED_POOL] if shared_pool and scope.tenant != SHARED_POOL else [scope.tenant]
+        own_first = scope.readable_tenants(shared_pool)
         with self._engine.begin() as connection:
             rows = connection.execute(
                 select(entries.c.tenant, entries.c.text_key, entries.c.vector).where(

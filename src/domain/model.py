@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -50,7 +50,7 @@ class TextKeyRule:
 
     collapse_whitespace: bool = False
     lowercase: bool = False
-    verbatim_if_contains: tuple[str, ...] = field(default=())  # lowercase forms of the tokenizer's added tokens
+    verbatim_if_contains: tuple[str, ...] = ()  # lowercase forms of the tokenizer's added tokens
 
     def normalize(self, text: str) -> str:
         if not (self.collapse_whitespace or self.lowercase):
@@ -121,6 +121,10 @@ class CacheScope:
     tenant: str
     model: str
     variant: str
+
+    def readable_tenants(self, shared_pool: bool) -> tuple[str, ...]:
+        """Whose entries a lookup may serve, in order of preference: the tenant's own, then the shared pool's."""
+        return (self.tenant, SHARED_POOL) if shared_pool and self.tenant != SHARED_POOL else (self.tenant,)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import TypeVar
 from domain.errors import DomainError
 from domain.model import KNOWN_MODELS, SHARED_POOL, resolve_model
 from domain.ports import EmbeddingCache
+from domain.services import describe_failure
 from entrypoints.container import build_container
 from entrypoints.settings import LOG_DATEFMT, LOG_FORMAT, ConfigurationError, Settings, check_startup, configure_logging
 
@@ -134,7 +135,7 @@ def cache_seed(args: argparse.Namespace) -> int:
         log.warning("interrupted; every chunk stored so far is kept: run the same command again to continue")
         return 130
     except Exception as exc:
-        log.error("seeding failed: %s: %s", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        log.error("seeding failed: %s", describe_failure(exc))
         return 1
     finally:
         container.cache_store().close()
@@ -162,7 +163,7 @@ def _on_cache_store(what: str, action: Callable[[EmbeddingCache], T]) -> T | Non
         store.prepare()
         return action(store)
     except Exception as exc:
-        log.error("%s the %s cache failed: %s", what, settings.cache_backend, (str(exc).splitlines() or [""])[0])
+        log.error("%s the %s cache failed: %s", what, settings.cache_backend, describe_failure(exc))
         return None
     finally:
         store.close()

@@ -104,16 +104,13 @@ class Settings(BaseSettings):
             raise ConfigurationError("the same API key is configured for two tenants; give each tenant its own key")
         return keys
 
-    def api_keys(self) -> list[str]:
-        return list(self.tenant_keys().values())
-
 
 class ConfigurationError(RuntimeError):
     """The service refuses to start with this configuration."""
 
 
 def check_startup(settings: Settings) -> None:
-    if not settings.api_keys() and not settings.allow_unauthenticated:
+    if not settings.tenant_keys() and not settings.allow_unauthenticated:
         raise ConfigurationError(
             "no API key configured: set PEOPLEPAD_CLIENT_KEY or EMBEDDING_API_KEY "
             "(or ALLOW_UNAUTHENTICATED=true to serve without authentication)"
