@@ -119,7 +119,9 @@ def postgres_database() -> Iterator[str]:
 
 class TcpProxy:
     """A TCP relay to `target` on a fixed local port that a test can cut (every connection dropped, nothing
-    accepted) and restore: a database going away and coming back, as the client sees it."""
+    accepted) and restore: a database going away and coming back, as the client sees it. It can also blackhole:
+    connections stay open and new ones are accepted, but nothing is forwarded (held until `resume`), as when a
+    network path stops delivering."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -127,6 +129,14 @@ class TcpProxy:
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
+        self._flowing = threading.Event()
+        self._flowing.set()
+
+    def blackhole(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     def start(self) -> None:
         listener = socket.socket()
@@ -159,10 +169,10 @@ class TcpProxy:
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                self._flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass

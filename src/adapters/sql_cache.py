@@ -1,16 +1,22 @@
 """Embedding caches in a relational database (SQLAlchemy 2 Core): SQLite (a file under DATA_DIR, hosted default) and
-PostgreSQL. The schema is created and upgraded by the Alembic migrations in adapters/cache_migrations."""
+PostgreSQL. The schema is created and upgraded by the Alembic migrations in adapters/cache_migrations. Every
+operation is bounded on the client side (adapters/sql_deadlines.py): a database that stops answering fails it soon."""
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
@@ -32,13 +38,19 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DisconnectionError
 
+from adapters.sql_deadlines import BoundedConnector, ConnectionWatchdog, interrupt_sqlite, shutdown_socket
 from adapters.vector_bytes import from_bytes, to_bytes
 from domain.model import CacheScope, CacheStats, Vector
 
 MIGRATIONS = Path(__file__).with_name("cache_migrations")
 VERSION_TABLE = "embedding_cache_alembic_version"
 MIGRATION_LOCK = 0x656D6263  # pg_advisory_xact_lock key: one process migrates at a time
+MIGRATION_TIMEOUT_S = 600.0  # a schema upgrade may take longer than a lookup; checking the revision may not
+FRESH = "embedding_cache_fresh"  # in a pool record's info: connected just now, no ping needed
+
+log = logging.getLogger(__name__)
 
 metadata = MetaData()
 
@@ -75,24 +87,85 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 class SqlAlchemyEmbeddingCache:
-    """The cache in one SQL database. Every method is one transaction: a lookup reads, bumps the served entries'
-    hit counts (rows locked in key order, so concurrent lookups cannot deadlock) and adds to the tenant's counters;
-    a store inserts all rows or none, leaving rows already there as they are."""
+    """The cache in one SQL database. Every method is one transaction under a client-side deadline: a lookup reads
+    (locking the rows it will count, in key order, so concurrent lookups cannot deadlock), bumps the served entries'
+    hit counts and adds to the tenant's counters; a store inserts all rows or none, leaving rows already there as they
+    are. Pooled connections are pinged when handed out (a database that restarted costs no failed lookup)."""
 
     backend = "sql"
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        timeout_s: float,
+        abort: Callable[[Any], None],
+        *,
+        network: bool = False,
+    ) -> None:
         self._engine = engine
+        self._watchdog = ConnectionWatchdog(timeout_s, abort)
+        watchdog = self._watchdog
+        self._connector: BoundedConnector | None = None
+        if network:  # a server over the network: connecting is bounded too, and pooled connections are pinged
+            connector = self._connector = BoundedConnector(watchdog, threads=4)
+
+            @event.listens_for(engine, "do_connect")
+            def _connect(dialect: Any, _: Any, args: list[Any], parameters: dict[str, Any]) -> Any:
+                return connector.connect(lambda: dialect.connect(*args, **parameters))
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(_: Any, record: Any) -> None:
+            record.info[FRESH] = True
+
+        @event.listens_for(engine, "checkout")
+        def _on_checkout(dbapi_connection: Any, record: Any, _: Any) -> None:
+            watchdog.attach(dbapi_connection)  # from here on the deadline can abort it, the ping included
+            if not network or record.info.pop(FRESH, False):
+                return
+            try:
+                engine.dialect.do_ping(dbapi_connection)
+            except Exception as exc:
+                watchdog.detach(dbapi_connection)
+                if watchdog.expired():
+                    raise
+                raise DisconnectionError("a pooled connection failed its ping") from exc  # the pool reconnects
+
+        @event.listens_for(engine, "checkin")
+        def _on_checkin(dbapi_connection: Any, _: Any) -> None:
+            watchdog.detach(dbapi_connection)
 
     @property
     def engine(self) -> Engine:
         return self._engine
 
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction, from waiting for a connection to giving it back, within the client-side deadline."""
+        with self._watchdog.operation(), self._engine.begin() as connection:
+            yield connection
+
     def prepare(self) -> None:
-        with self._engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
+        """Bring the schema to the latest revision. Checking the revision is bounded like any statement; an upgrade
+        gets MIGRATION_TIMEOUT_S, and the upgraded tables are analyzed so the planner has statistics at once."""
+        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+        with self.transaction() as connection:
+            postgres = connection.dialect.name == "postgresql"
+            if postgres:
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+            context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+            current = context.get_current_revision()
+            if current == head:
+                return
+            self._watchdog.extend(MIGRATION_TIMEOUT_S)
+            if postgres:
+                limit = f"{int(MIGRATION_TIMEOUT_S * 1000)}ms"
+                connection.execute(text(f"SET LOCAL statement_timeout = '{limit}'"))
+                connection.execute(text(f"SET LOCAL lock_timeout = '{limit}'"))
+            started = time.monotonic()
             command.upgrade(alembic_config(connection), "head")
+            for table in metadata.sorted_tables:
+                connection.execute(text(f"ANALYZE {table.name}"))
+            log.info("cache schema upgraded from %s to %s in %.1f s", current, head, time.monotonic() - started)
 
     def get(
         self, scope: CacheScope, keys: Sequence[bytes], *, shared_pool: bool = False, count: bool = True
@@ -101,15 +174,16 @@ class SqlAlchemyEmbeddingCache:
         if not wanted:
             return {}
         own_first = scope.readable_tenants(shared_pool)
-        with self._engine.begin() as connection:
-            rows = connection.execute(
-                select(entries.c.tenant, entries.c.text_key, entries.c.vector).where(
-                    entries.c.tenant.in_(own_first),
-                    entries.c.model == scope.model,
-                    entries.c.variant == scope.variant,
-                    entries.c.text_key.in_(wanted),
-                )
-            ).all()
+        lookup = select(entries.c.tenant, entries.c.text_key, entries.c.vector).where(
+            entries.c.tenant.in_(own_first),
+            entries.c.model == scope.model,
+            entries.c.variant == scope.variant,
+            entries.c.text_key.in_(wanted),
+        )
+        if count:  # the rows whose hit counts this transaction bumps, locked in one global order: no deadlocks
+            lookup = lookup.order_by(entries.c.tenant, entries.c.text_key).with_for_update()
+        with self.transaction() as connection:
+            rows = connection.execute(lookup).all()
             served: dict[bytes, tuple[str, bytes]] = {}
             for tenant, key, blob in sorted(rows, key=lambda row: own_first.index(row[0]), reverse=True):
                 served[bytes(key)] = (tenant, bytes(blob))  # the tenant's own entry overwrites the shared one
@@ -120,22 +194,18 @@ class SqlAlchemyEmbeddingCache:
     def _count(
         self, connection: Connection, scope: CacheScope, served: Mapping[bytes, tuple[str, bytes]], misses: int
     ) -> None:
+        """Plain statements over the key list (no subquery the planner could re-run per row): the rows are already
+        locked by the lookup, so whatever plan the planner picks without statistics visits each row once."""
         for tenant in sorted({tenant for tenant, _ in served.values()}):
             hit_keys = sorted(key for key, (owner, _) in served.items() if owner == tenant)
-            same_rows = (
-                entries.c.tenant == tenant,
-                entries.c.model == scope.model,
-                entries.c.variant == scope.variant,
-            )
-            locked = (
-                select(entries.c.text_key)
-                .where(*same_rows, entries.c.text_key.in_(hit_keys))
-                .order_by(entries.c.text_key)
-                .with_for_update()
-            )
             connection.execute(
                 update(entries)
-                .where(*same_rows, entries.c.text_key.in_(locked.scalar_subquery()))
+                .where(
+                    entries.c.tenant == tenant,
+                    entries.c.model == scope.model,
+                    entries.c.variant == scope.variant,
+                    entries.c.text_key.in_(hit_keys),
+                )
                 .values(hits=entries.c.hits + 1, last_hit_at=func.now())
             )
         upsert = self._insert(counters).values(tenant=scope.tenant, hits=len(served), misses=misses)
@@ -163,11 +233,11 @@ class SqlAlchemyEmbeddingCache:
         ]
         if not rows:
             return
-        with self._engine.begin() as connection:
+        with self.transaction() as connection:
             connection.execute(self._insert(entries).on_conflict_do_nothing(), rows)
 
     def stats(self, tenant: str) -> CacheStats:
-        with self._engine.begin() as connection:
+        with self.transaction() as connection:
             counted = connection.execute(
                 select(counters.c.hits, counters.c.misses).where(counters.c.tenant == tenant)
             ).first()
@@ -179,7 +249,7 @@ class SqlAlchemyEmbeddingCache:
 
     def hit_count(self, scope: CacheScope, key: bytes) -> int:
         """How often one entry was served."""
-        with self._engine.connect() as connection:
+        with self.transaction() as connection:
             hits = connection.execute(
                 select(entries.c.hits).where(
                     entries.c.tenant == scope.tenant,
@@ -191,6 +261,9 @@ class SqlAlchemyEmbeddingCache:
         return int(hits or 0)
 
     def close(self) -> None:
+        self._watchdog.close()
+        if self._connector is not None:
+            self._connector.close()
         self._engine.dispose()
 
     def _insert(self, table: Table) -> Any:
@@ -213,16 +286,14 @@ class SqliteEmbeddingCache(SqlAlchemyEmbeddingCache):
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _: Any) -> None:
             dbapi_connection.isolation_level = None  # the driver's own BEGIN off: ours below
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
+            use_wal(dbapi_connection, timeout_s)
+            dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
         @event.listens_for(engine, "begin")
         def _on_begin(connection: Connection) -> None:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
-        super().__init__(engine)
+        super().__init__(engine, timeout_s, interrupt_sqlite)
 
     @property
     def path(self) -> Path:
@@ -235,7 +306,8 @@ class SqliteEmbeddingCache(SqlAlchemyEmbeddingCache):
 
 class PostgresEmbeddingCache(SqlAlchemyEmbeddingCache):
     """CACHE_BACKEND=postgres: CACHE_URL names the database (postgresql://user:password@host:port/db, driven by
-    psycopg 3). Connecting, waiting for the pool and every statement are bounded by `timeout_s`."""
+    psycopg 3). Connecting, waiting for the pool and every statement (and the network reads under it) are bounded by
+    `timeout_s` on the client, statements and lock waits also on the server."""
 
     backend = "postgres"
 
@@ -243,7 +315,6 @@ class PostgresEmbeddingCache(SqlAlchemyEmbeddingCache):
         milliseconds = max(1, int(timeout_s * 1000))
         engine = create_engine(
             psycopg_url(url),
-            pool_pre_ping=True,
             pool_size=pool_size,
             max_overflow=pool_size,
             pool_timeout=timeout_s,
@@ -252,7 +323,24 @@ class PostgresEmbeddingCache(SqlAlchemyEmbeddingCache):
                 "options": f"-c statement_timeout={milliseconds} -c lock_timeout={milliseconds}",
             },
         )
-        super().__init__(engine)
+        super().__init__(engine, timeout_s, shutdown_socket, network=True)
+
+
+def use_wal(dbapi_connection: Any, timeout_s: float) -> None:
+    """Switch a SQLite file to WAL (it stays so). Switching needs the file to itself, and SQLite answers "database is
+    locked" at once instead of waiting its busy timeout while another process is switching or migrating: retry."""
+    import sqlite3
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 def psycopg_url(url: str) -> str:

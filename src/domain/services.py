@@ -112,8 +112,9 @@ T = TypeVar("T")
 
 class FailSafeCache:
     """The embedding cache as requests use it: a storage failure is logged and turns into a miss, never a failed
-    request. After a failure the storage is left alone for `retry_after_s`; then one call probes it (preparing it
-    again first: a restored database may be empty) while the others keep going without it."""
+    request. Once it failed, no request touches the storage: a background probe prepares it again (a restored
+    database may be empty) every `retry_after_s` until it answers, and only then do requests use it again. While the
+    storage is being prepared (at start-up, by the probe) requests go without it rather than wait."""
 
     def __init__(
         self,
@@ -130,8 +131,10 @@ class FailSafeCache:
         self._prepare_lock = threading.Lock()
         self._prepared = False
         self._down_since: float | None = None
-        self._retry_at = 0.0
         self._skipped = 0
+        self._probe: threading.Timer | None = None
+        self._closed = False
+        self._settled = False
 
     @property
     def enabled(self) -> bool:
@@ -146,9 +149,17 @@ class FailSafeCache:
         with self._lock:
             return self._down_since is None
 
+    @property
+    def settled(self) -> bool:
+        """The start-up preparation has finished, one way or the other (no cache: always)."""
+        return self._settled or not self.enabled
+
     def prepare(self) -> bool:
         """Create or migrate the storage now (start-up); False, logged, when it cannot be reached."""
-        return self._run("prepare", lambda: True) is not None
+        try:
+            return self._run("prepare", lambda: True) is not None
+        finally:
+            self._settled = True
 
     def lookup(self, scope: CacheScope, keys: Sequence[bytes]) -> dict[bytes, Vector]:
         found = self._run("lookup", lambda: self._store.get(scope, keys, shared_pool=self._shared_pool))
@@ -168,6 +179,11 @@ class FailSafeCache:
         return stats
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.cancel()
         try:
             self._store.close()
         except Exception as exc:
@@ -175,32 +191,41 @@ class FailSafeCache:
 
     def _run(self, what: str, operation: Callable[[], T]) -> T | None:
         with self._lock:
-            now = self._clock()
             if self._down_since is not None:
-                if now < self._retry_at:
-                    self._skipped += 1
-                    return None
-                self._retry_at = now + self._retry_after_s  # this call probes; concurrent ones skip meanwhile
+                self._skipped += 1
+                return None
         try:
-            with self._prepare_lock:
-                if not self._prepared:
-                    self._store.prepare()
-                    self._prepared = True
-            result = operation()
+            if not self._ensure_prepared():
+                return None
+            return operation()
         except Exception as exc:
             self._failed(what, exc)
             return None
-        self._recovered()
-        return result
+
+    def _ensure_prepared(self) -> bool:
+        """Prepare the storage on first use; False while another thread is preparing it (do not wait for that)."""
+        if self._prepared:
+            return True
+        if not self._prepare_lock.acquire(blocking=False):
+            return False
+        try:
+            if not self._prepared:
+                self._store.prepare()
+                self._prepared = True
+        finally:
+            self._prepare_lock.release()
+        return True
 
     def _failed(self, what: str, exc: Exception) -> None:
         with self._lock:
             first = self._down_since is None
-            now = self._clock()
             if first:
-                self._down_since, self._skipped = now, 0
-            self._retry_at = now + self._retry_after_s
-            self._prepared = False  # the database may come back empty: the next probe migrates first
+                self._down_since, self._skipped = self._clock(), 0
+            self._prepared = False  # the database may come back empty: the probe migrates first
+            if self._probe is None and not self._closed:
+                self._probe = threading.Timer(self._retry_after_s, self._try_again)
+                self._probe.daemon = True
+                self._probe.start()
         level = logging.WARNING if first else logging.DEBUG
         log.log(
             level,
@@ -211,7 +236,19 @@ class FailSafeCache:
             self._retry_after_s,
         )
 
-    def _recovered(self) -> None:
+    def _try_again(self) -> None:
+        """The background probe: prepare the storage; on success requests use it again, else try later."""
+        with self._lock:
+            self._probe = None
+            if self._closed:
+                return
+        try:
+            with self._prepare_lock:
+                self._store.prepare()
+                self._prepared = True
+        except Exception as exc:
+            self._failed("probe", exc)
+            return
         with self._lock:
             if self._down_since is None:
                 return

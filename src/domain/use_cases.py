@@ -166,13 +166,17 @@ class HealthReport:
 
 
 class GetHealth:
-    """Report whether the served model is loaded and warm."""
+    """Report whether the served model is loaded and warm, and the cache's start-up preparation has run (ready does
+    not depend on the cache being reachable: requests go on without it)."""
 
-    def __init__(self, host: ModelHost) -> None:
+    def __init__(self, host: ModelHost, cache: FailSafeCache) -> None:
         self._host = host
+        self._cache = cache
 
     def execute(self) -> HealthReport:
         state = self._host.state
+        if state is ModelState.READY and not self._cache.settled:
+            state = ModelState.LOADING
         return HealthReport(status=state.value, model=self._host.spec.name, ready=state is ModelState.READY)
 
 

@@ -121,7 +121,7 @@ class Container(containers.DeclarativeContainer):
 
     embed_one = providers.Factory(EmbedOne, host, scheduler, limits, cache)
     embed_batch = providers.Factory(EmbedBatch, host, scheduler, limits, cache)
-    get_health = providers.Factory(GetHealth, host)
+    get_health = providers.Factory(GetHealth, host, cache)
     get_metadata = providers.Factory(GetMetadata, host, limits)
     get_cache_stats = providers.Factory(GetCacheStats, cache)
     seed_cache = providers.Factory(SeedCache, loader, cache_store, limits)

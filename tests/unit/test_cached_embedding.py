@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -18,7 +20,7 @@ from domain.errors import CacheUnavailable
 from domain.model import KNOWN_MODELS, SHARED_POOL, CacheScope, CacheStats, Caller, Limits, TextItem, Vector
 from domain.ports import EmbeddingCache
 from domain.services import FailSafeCache, ModelHost, text_key
-from domain.use_cases import EmbedBatch, EmbedOne, GetCacheStats
+from domain.use_cases import EmbedBatch, EmbedOne, GetCacheStats, GetHealth
 from tests.support import domain_test_scheduler
 
 SPEC = KNOWN_MODELS["all-MiniLM-L6-v2"]
@@ -222,6 +224,58 @@ def test_an_unreachable_cache_at_start_is_prepared_later() -> None:
         await asyncio.sleep(0.06)
         await service.embed(["later"])
         _, flags = await service.embed(["later"])
+        assert flags == [True]
+
+    asyncio.run(scenario())
+
+
+def test_the_probe_brings_the_cache_back_without_any_request() -> None:
+    async def scenario() -> None:
+        store = SwitchableStore()
+        service = await Service(store, retry_after_s=0.05).start()
+        await service.embed(["a"])
+        store.down = True
+        await service.embed(["b"])
+        assert not service.cache.available
+        store.down = False
+        for _ in range(100):
+            if service.cache.available:
+                break
+            await asyncio.sleep(0.02)
+        assert service.cache.available
+        assert store.prepares == 2
+
+    asyncio.run(scenario())
+
+
+class SlowToPrepareStore(SwitchableStore):
+    """Preparing blocks until the test lets it finish: a migration taking its time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def prepare(self) -> None:
+        assert self.release.wait(10)
+        super().prepare()
+
+
+def test_requests_do_not_wait_for_the_cache_to_be_prepared_and_health_does() -> None:
+    async def scenario() -> None:
+        store = SlowToPrepareStore()
+        service = await Service(store).start()
+        health = GetHealth(service.host, service.cache)
+        preparing = asyncio.create_task(asyncio.to_thread(service.cache.prepare))
+        await asyncio.sleep(0.05)
+        assert (health.execute().status, health.execute().ready) == ("loading", False)
+        started = time.monotonic()
+        _, flags = await service.embed(["while preparing"])
+        assert flags == [False] and time.monotonic() - started < 1  # went without the cache, did not wait
+        store.release.set()
+        assert await preparing is True
+        assert (health.execute().status, health.execute().ready) == ("ok", True)
+        await service.embed(["after"])
+        _, flags = await service.embed(["after"])
         assert flags == [True]
 
     asyncio.run(scenario())

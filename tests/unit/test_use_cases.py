@@ -106,13 +106,14 @@ def test_validation_errors_name_the_problem() -> None:
 def test_nothing_is_embedded_before_the_model_is_ready() -> None:
     async def scenario() -> None:
         host = ModelHost(FakeEmbedderLoader(SPEC, load_delay_s=0.3))
-        embed_one = EmbedOne(host, scheduler(), Limits(100, 100), FailSafeCache(NoEmbeddingCache()))
+        no_cache = FailSafeCache(NoEmbeddingCache())
+        embed_one = EmbedOne(host, scheduler(), Limits(100, 100), no_cache)
         task = host.start()
-        assert GetHealth(host).execute().ready is False
+        assert GetHealth(host, no_cache).execute().ready is False
         with pytest.raises(ModelNotReady):
             await embed_one.execute("hi")
         await task
-        assert GetHealth(host).execute().status == "ok"
+        assert GetHealth(host, no_cache).execute().status == "ok"
         assert len((await embed_one.execute("hi")).items) == 1
 
     asyncio.run(scenario())
@@ -122,7 +123,7 @@ def test_failed_load_reports_error_health() -> None:
     async def scenario() -> None:
         host = ModelHost(FakeEmbedderLoader(SPEC, fail=True))
         await host.start()
-        report = GetHealth(host).execute()
+        report = GetHealth(host, FailSafeCache(NoEmbeddingCache())).execute()
         assert (report.status, report.ready) == ("error", False)
 
     asyncio.run(scenario())
