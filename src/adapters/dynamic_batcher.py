@@ -247,15 +247,28 @@ class DynamicBatchingScheduler:
                 item.tokens = max(1, count)
 
     def _run(self, batch: list[_Item]) -> None:
+        self._answered = self._compute(batch)
+
+    def _compute(self, batch: list[_Item]) -> int:
+        """One model call; returns how many requests it completed. When the backend fails on texts of several
+        requests, each request is retried alone, so only the one whose own texts the backend cannot take fails."""
         embedder = batch[0].job.embedder
         started = time.monotonic()
         try:
             vectors = embedder.embed([item.text for item in batch])
-        except Exception:
-            log.exception("embedding backend failed on a batch of %d texts", len(batch))
-            for job in {item.job for item in batch}:
-                self._fail(job)
-            return
+        except Exception as exc:
+            jobs = list(dict.fromkeys(item.job for item in batch))
+            if len(jobs) == 1:
+                log.error("embedding backend failed on %d texts of one request", len(batch), exc_info=exc)
+                self._fail(jobs[0])
+                return 0
+            log.warning(
+                "embedding backend failed on a batch of %d texts from %d requests (%s); retrying each request alone",
+                len(batch),
+                len(jobs),
+                type(exc).__name__,
+            )
+            return sum(self._compute([item for item in batch if item.job is job]) for job in jobs if not job.dropped)
         self._last_batch_s = time.monotonic() - started
         if log.isEnabledFor(logging.DEBUG):
             longest = max(item.tokens for item in batch)
@@ -280,7 +293,7 @@ class DynamicBatchingScheduler:
             if job.remaining == 0:
                 answered += 1
                 job.loop.call_soon_threadsafe(_resolve, job.future, job.out)
-        self._answered = answered
+        return answered
 
     def _fail(self, job: _Job) -> None:
         if not job.failed:

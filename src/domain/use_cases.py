@@ -71,9 +71,16 @@ class _EmbedTexts:
             raise InvalidInput("no inputs given; send at least one text.")
         if len(items) > self._limits.max_batch_size:
             raise BatchTooLarge(len(items), self._limits.max_batch_size)
-        for item in items:
+        for index, item in enumerate(items):
             if len(item.text) > self._limits.max_input_length:
                 raise InputTooLong(item.id, len(item.text), self._limits.max_input_length)
+            position = unpaired_surrogate(item.text)
+            if position is not None:
+                where = f"input with id {item.id!r}" if item.id is not None else f"input {index}"
+                raise InvalidInput(
+                    f"{where} holds an unpaired surrogate (U+{ord(item.text[position]):04X}) at character "
+                    f"{position}, which no tokenizer can encode; send valid Unicode text."
+                )
         return spec
 
     async def _embed(
@@ -118,6 +125,17 @@ class _EmbedTexts:
             fresh = dict(zip(missing, vectors, strict=True))
             await asyncio.to_thread(self._cache.save, scope, fresh)
         return keys, {**found, **fresh}, set(found)
+
+
+def unpaired_surrogate(text: str) -> int | None:
+    """Where `text` holds a UTF-16 surrogate code point (a JSON "\\ud800" escape without its pair), else None."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
 
 
 def _well_formed(found: Mapping[bytes, Vector], info: ModelInfo) -> dict[bytes, Vector]:

@@ -358,9 +358,36 @@ def test_empty_and_duplicate_batches_are_400(client: TestClient) -> None:
     )
 
 
-def test_invalid_json_is_422(client: TestClient) -> None:
-    response = client.post("/embed", content=b"{not json", headers={**AUTH, "content-type": "application/json"})
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "unexpected character, expected a string key"),
+        (b'{"input": "caf\xe9"}', "str is not valid UTF-8"),  # latin-1, not UTF-8
+        (b'{"input": "a \\ud800 b"}', "no low surrogate in string"),
+        (b'{"texts": ["ok", "\\udc00"]}', "invalid high surrogate in string"),
+        (b'{"texts": [NaN]}', "unexpected character, expected a JSON value"),
+    ],
+)
+def test_malformed_json_is_422_invalid_request_naming_the_reason(client: TestClient, body: bytes, reason: str) -> None:
+    response = client.post("/embed", content=body, headers={**AUTH, "content-type": "application/json"})
     assert (response.status_code, error(response)["type"]) == (422, "invalid_request")
+    assert error(response)["message"].startswith("invalid request body: body.")
+    assert f"JSON decode error: {reason}" in error(response)["message"]
+
+
+def test_escaped_surrogate_pairs_and_a_byte_order_mark_are_valid_json(client: TestClient) -> None:
+    pair = client.post(
+        "/embed", content=b'{"input": "\\ud83d\\ude00"}', headers={**AUTH, "content-type": "application/json"}
+    )
+    assert pair.status_code == 200
+    assert (
+        pair.json()["data"][0]["embedding"]
+        == client.post("/embed", json={"input": "😀"}, headers=AUTH).json()["data"][0]["embedding"]
+    )
+    bom = client.post(
+        "/embed", content=b'\xef\xbb\xbf{"input": "x"}', headers={**AUTH, "content-type": "application/json"}
+    )
+    assert bom.status_code == 200
 
 
 def test_unknown_route_is_json_404(client: TestClient) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -238,6 +239,43 @@ def test_backend_exceptions_become_backend_failure_without_details() -> None:
         scheduler.shutdown()
 
     asyncio.run(scenario())
+
+
+class PickyEmbedder(RecordingEmbedder):
+    """Fails any model call that holds a text it cannot take, as a tokenizer does on an unpaired surrogate."""
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        if any("poison" in t for t in texts):
+            with self._lock:
+                self.batches.append(list(texts))
+            raise ValueError("cannot encode")
+        return super().embed(texts)
+
+
+def test_a_backend_error_fails_only_the_request_whose_texts_caused_it(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        embedder = PickyEmbedder(delay_per_call_s=0.1)
+        scheduler = DynamicBatchingScheduler(timeout_s=5, max_queued_texts=100, policy=BatchPolicy(max_texts=32))
+        busy = asyncio.create_task(scheduler.run(embedder, ["busy"]))
+        await asyncio.sleep(0.02)  # the others queue meanwhile and share the next model call
+        clean = [[f"clean {i}", f"also clean {i}"] for i in range(6)]
+        results = await asyncio.gather(
+            *(scheduler.run(embedder, texts) for texts in clean),
+            scheduler.run(embedder, ["fine", "poison"]),
+            return_exceptions=True,
+        )
+        await busy
+        scheduler.shutdown()
+        assert any(len(batch) > 2 and any("poison" in t for t in batch) for batch in embedder.batches)  # shared
+        for texts, result in zip(clean, results[:-1], strict=True):
+            assert isinstance(result, np.ndarray), result
+            np.testing.assert_array_equal(result, FakeEmbedder(SPEC).embed(texts))
+        assert isinstance(results[-1], BackendFailure)
+
+    with caplog.at_level(logging.WARNING, logger="adapters.dynamic_batcher"):
+        asyncio.run(scenario())
+    assert [r.levelname for r in caplog.records] == ["WARNING", "ERROR"]  # the shared call, then the culprit's own
+    assert sum(1 for r in caplog.records if r.exc_info) == 1
 
 
 def test_results_keep_input_order_despite_length_sorting() -> None:

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from adapters.dynamic_batcher import DynamicBatchingScheduler
-from adapters.fake_embedder import FakeEmbedderLoader
+from adapters.fake_embedder import FakeEmbedder, FakeEmbedderLoader
 from adapters.memory_cache import NoEmbeddingCache
 from domain.errors import (
     BatchTooLarge,
@@ -74,6 +74,24 @@ def test_embed_one_equals_first_of_batch(text: str, others: list[str]) -> None:
         batch = await embed_batch.execute([TextItem(id=None, text=t) for t in [text, *others]])
         np.testing.assert_array_equal(single.items[0].embedding, batch.items[0].embedding)
         assert single.model == batch.model == SPEC.name
+
+    asyncio.run(scenario())
+
+
+def test_texts_with_unpaired_surrogates_are_refused_before_the_model() -> None:
+    async def scenario() -> None:
+        embed_one, embed_batch, host = build()
+        await ready(host)
+        with pytest.raises(InvalidInput) as by_id:
+            await embed_batch.execute([TextItem("ok", "fine 😀"), TextItem("rec-2", "a \ud800 b")])
+        assert by_id.value.message == (
+            "input with id 'rec-2' holds an unpaired surrogate (U+D800) at character 2, which no tokenizer can "
+            "encode; send valid Unicode text."
+        )
+        with pytest.raises(InvalidInput, match=r"^input 0 holds an unpaired surrogate \(U\+DFFF\) at character 0"):
+            await embed_one.execute("\udfff")
+        embedder = host.embedder()
+        assert isinstance(embedder, FakeEmbedder) and list(embedder.calls) == []
 
     asyncio.run(scenario())
 

@@ -19,6 +19,7 @@ from domain.model import Caller, TextItem
 from domain.use_cases import EmbedBatch, EmbeddingResult, EmbedOne, GetCacheStats, GetHealth, GetMetadata
 from entrypoints.container import Container, build_container
 from entrypoints.http.errors import domain_error_response, error_body, internal_error_response
+from entrypoints.http.json_body import StrictJSONRoute
 from entrypoints.http.middleware import AccessLog, BodySizeLimit
 from entrypoints.http.responses import VectorJSONResponse
 from entrypoints.http.schemas import (
@@ -102,6 +103,13 @@ def _location(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
     return loc
 
 
+def _message(error: dict[str, Any]) -> str:
+    """pydantic's message; for a body that is not JSON, with the parser's reason (e.g. "no low surrogate in string")."""
+    message = str(error.get("msg", ""))
+    reason = (error.get("ctx") or {}).get("error")
+    return f"{message}: {reason}" if error.get("type") == "json_invalid" and reason else message
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     check_startup(settings)
@@ -120,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.to_thread(cache.close)
 
     app = FastAPI(title="embedding-service", version="0.1.0", lifespan=lifespan)
+    app.router.route_class = StrictJSONRoute
     app.state.container = container
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLog)
@@ -131,7 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
-            {"location": ".".join(str(p) for p in _location(err.get("loc", ()))), "message": err.get("msg", "")}
+            {"location": ".".join(str(p) for p in _location(err.get("loc", ()))), "message": _message(err)}
             for err in exc.errors()
         ]
         summary = "; ".join(f"{p['location']}: {p['message']}" for p in problems)
