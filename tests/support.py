@@ -19,6 +19,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from entrypoints.http.protocol import ConnectionLimits, GuardedHttpToolsProtocol
 from entrypoints.settings import Settings
 
 API_KEY = "test-key-0123456789"
@@ -83,10 +84,12 @@ def wait_http_ready(process: subprocess.Popen[str] | None, port: int, timeout_s:
 
 
 @contextmanager
-def uvicorn_app(app: FastAPI) -> Iterator[tuple[str, int]]:
-    """Serve `app` with a real uvicorn server in a thread on a free port; yields (base url, port) once ready."""
+def uvicorn_app(app: FastAPI, limits: ConnectionLimits | None = None) -> Iterator[tuple[str, int]]:
+    """Serve `app` with a real uvicorn server (the service's own HTTP protocol, with `limits` or the defaults) in a
+    thread on a free port; yields (base url, port) once ready."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    protocol = GuardedHttpToolsProtocol.with_limits(limits or ConnectionLimits())
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", http=protocol))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

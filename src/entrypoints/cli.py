@@ -41,6 +41,7 @@ def serve(args: argparse.Namespace) -> int:
     uvicorn.run(
         "entrypoints.http.app:create_app",
         factory=True,
+        http="entrypoints.http.protocol:GuardedHttpToolsProtocol",  # header size and slow-client limits
         host=args.host or settings.host,
         port=args.port or settings.port,
         reload=args.reload,

@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     max_input_length: int = Field(8192, gt=0, description="characters per input")
     max_batch_size: int = Field(100, gt=0)
     max_body_bytes: int = Field(1_048_576, gt=0)
+    max_header_bytes: int = Field(32768, ge=1024, description="request line and headers, in bytes (else 431)")
+    client_header_timeout_seconds: float = Field(
+        10.0, gt=0, description="time a client has to send the request line and headers (else 408, closed)"
+    )
+    client_body_timeout_seconds: float = Field(
+        30.0, gt=0, description="time a client has to send the body once the headers are in (else 408, closed)"
+    )
     timeout_seconds: float = Field(10.0, gt=0)
     max_workers: int = Field(1, gt=0, description="inference threads taking batches from the shared queue")
     max_queued_texts: int = Field(1024, gt=0, description="texts allowed to wait or run before 503 overloaded")

@@ -34,3 +34,16 @@ def test_serve_answers_with_auth_and_logs_in_the_agreed_format(tmp_path: Path) -
     assert lines and all(LOG_LINE.match(line) for line in lines), output
     assert "secret contact text" not in output and API_KEY not in output
     assert any("model all-mpnet-base-v2 ready" in line for line in lines)
+
+
+def test_serve_runs_the_guarded_protocol_with_limits_from_the_environment(tmp_path: Path) -> None:
+    port = free_port()
+    process = serve({"PORT": str(port), "EMBEDDING_API_KEY": API_KEY, "MAX_HEADER_BYTES": "4096"}, tmp_path)
+    try:
+        base = wait_http_ready(process, port)
+        assert httpx.get(f"{base}/health", headers={"x-padding": "p" * 3000}).status_code == 200
+        refused = httpx.get(f"{base}/health", headers={"x-padding": "p" * 5000})
+        assert (refused.status_code, refused.json()["error"]["type"]) == (431, "headers_too_large")
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)

@@ -1,0 +1,195 @@
+"""The server's own HTTP protocol under hostile clients, over real sockets: oversized request heads, slow request
+lines, headers and bodies, and requests the HTTP parser rejects all get a JSON error and a closed connection, and
+the server keeps answering everyone else."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from entrypoints.http.app import create_app
+from entrypoints.http.protocol import ConnectionLimits
+from tests.support import API_KEY, fake_settings, uvicorn_app
+
+LIMITS = ConnectionLimits(max_head_bytes=16384, head_timeout_s=0.5, body_timeout_s=0.5)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[str, int]]:
+    with uvicorn_app(create_app(fake_settings()), LIMITS) as served:
+        yield served
+
+
+def connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return sock
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse(raw: bytes) -> tuple[int, dict[str, str], dict[str, object]]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    return status, headers, json.loads(body)
+
+
+def still_serving(base: str) -> None:
+    assert httpx.get(f"{base}/health").status_code == 200
+
+
+def test_a_request_head_over_the_limit_is_431_json_before_it_is_all_sent(server: tuple[str, int]) -> None:
+    base, port = server
+    sock = connect(port)
+    sent = 0
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Padding: ")
+    try:
+        for _ in range(32 * 1024):  # 32 MB of one header value, unless the server stops us first
+            sock.sendall(b"a" * 1024)
+            sent += 1024
+    except OSError:
+        pass
+    status, headers, body = parse(read_until_closed(sock))
+    sock.close()
+    assert (status, headers["content-type"], headers["connection"]) == (431, "application/json", "close")
+    assert body == {
+        "error": {"type": "headers_too_large", "message": "the request line and headers exceed 16384 bytes."}
+    }
+    assert sent < 8 * 1024 * 1024  # refused long before the 32 MB were sent
+    still_serving(base)
+
+
+def test_many_headers_summing_over_the_limit_are_refused_too(server: tuple[str, int]) -> None:
+    base, _ = server
+    headers = {f"x-h{i}": "v" * 100 for i in range(200)}  # 200 headers of ~110 bytes: over 16 KB together
+    response = httpx.get(f"{base}/health", headers=headers)
+    assert response.status_code == 431
+    assert response.json()["error"]["type"] == "headers_too_large"
+
+
+def test_a_head_just_under_the_limit_is_served(server: tuple[str, int]) -> None:
+    base, _ = server
+    response = httpx.get(f"{base}/health", headers={"x-padding": "p" * 15000})
+    assert response.status_code == 200
+    response = httpx.post(
+        f"{base}/embed",
+        json={"input": "x" * 5000},  # the body does not count towards the head's limit
+        headers={"Authorization": f"Bearer {API_KEY}", "x-padding": "p" * 15000},
+    )
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "partial",
+    [b"", b"GET /hea", b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"],
+    ids=["silent", "slow request line", "slow headers"],
+)
+def test_a_slow_request_head_is_408_and_closed(server: tuple[str, int], partial: bytes) -> None:
+    base, port = server
+    sock = connect(port)
+    started = time.monotonic()
+    sock.sendall(partial)
+    status, _, body = parse(read_until_closed(sock))
+    elapsed = time.monotonic() - started
+    sock.close()
+    assert status == 408
+    assert body == {"error": {"type": "request_timeout", "message": "the request line and headers took over 0.5 s."}}
+    assert 0.4 < elapsed < 3
+    still_serving(base)
+
+
+def test_a_slow_body_is_408_and_closed(server: tuple[str, int]) -> None:
+    base, port = server
+    sock = connect(port)
+    started = time.monotonic()
+    sock.sendall(
+        b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {API_KEY}\r\nContent-Length: 100\r\n\r\n".encode()
+        + b'{"input": "'
+    )
+    status, _, body = parse(read_until_closed(sock))
+    elapsed = time.monotonic() - started
+    sock.close()
+    assert status == 408
+    assert body == {"error": {"type": "request_timeout", "message": "the request body took over 0.5 s."}}
+    assert 0.4 < elapsed < 3
+    still_serving(base)
+
+
+def test_slow_clients_do_not_hold_connections(server: tuple[str, int]) -> None:
+    """Six slow clients trickling a byte every 0.2 s: every one is cut off within the limits."""
+    base, port = server
+    closed_after: list[float] = []
+
+    def trickle(request: bytes) -> None:
+        sock = connect(port)
+        started = time.monotonic()
+        try:
+            for byte in request:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.2)
+        except OSError:
+            pass
+        read_until_closed(sock)
+        closed_after.append(time.monotonic() - started)
+        sock.close()
+
+    head = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    body_request = f"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n{'x' * 40}".encode()
+    threads = [threading.Thread(target=trickle, args=(head,)) for _ in range(3)]
+    threads += [threading.Thread(target=trickle, args=(body_request,)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(closed_after) == 6
+    assert max(closed_after) < 3  # head 0.5 s (+ body 0.5 s) and this machine's noise, not the trickle's ~10 s
+    still_serving(base)
+
+
+def test_requests_the_parser_rejects_get_a_json_400(server: tuple[str, int]) -> None:
+    base, port = server
+    for raw in (
+        b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: spaces\r\n\r\n",
+    ):
+        sock = connect(port)
+        sock.sendall(raw)
+        status, headers, body = parse(read_until_closed(sock))
+        sock.close()
+        assert (status, headers["content-type"]) == (400, "application/json")
+        assert body == {"error": {"type": "invalid_http", "message": "malformed HTTP/1.1 request."}}
+    still_serving(base)
+
+
+def test_kept_alive_connections_serve_several_requests_and_time_each_head(server: tuple[str, int]) -> None:
+    _, port = server
+    sock = connect(port)
+    for _ in range(3):
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = b""
+        while b'"model_name"' not in response:
+            response += sock.recv(65536)
+        assert response.startswith(b"HTTP/1.1 200 ")
+    sock.sendall(b"GET /health HTTP/1.1\r\n")  # a fourth head that never ends
+    status, _, _ = parse(read_until_closed(sock))
+    sock.close()
+    assert status == 408
