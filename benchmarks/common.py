@@ -26,13 +26,15 @@ def free_port() -> int:
 
 @contextmanager
 def running_service(
-    model: str, model_path: str, workers: int = 1, env: dict[str, str] | None = None
+    model: str, model_path: str, workers: int = 1, env: dict[str, str] | None = None, src: str | None = None
 ) -> Iterator[tuple[str, int]]:
     """`embedding-service serve` on a free port with the real weights (CPU unless `env` says otherwise);
-    yields its base URL and process id."""
+    yields its base URL and process id. `src`: run the service from another source tree (an older checkout)."""
     port = free_port()
     env = {**os.environ, "MODEL_NAME": model, "MODEL_PATH": model_path, "EMBEDDING_API_KEY": KEY,
            "HF_HUB_OFFLINE": "true", "DEVICE": "cpu", "TIMEOUT_SECONDS": "120", **(env or {})}
+    if src:
+        env["PYTHONPATH"] = os.path.abspath(src)
     command = [sys.executable, "-m", "entrypoints.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--workers", str(workers)]
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -69,6 +71,13 @@ class LoadClient:
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def post(self, path: str, body: object) -> object:
+        status, _, answer = await self.request(path, body)
+        if status != 200:
+            raise RuntimeError(f"{path} answered {status}: {answer}")
+        return answer
+
+    async def request(self, path: str, body: object) -> tuple[int, dict[str, str], object]:
+        """POST `body` as JSON; returns the status, the headers (lowercase names) and the parsed answer."""
         if self._streams is None:
             self._streams = await asyncio.open_connection(self._host, self._port)
         reader, writer = self._streams
@@ -80,14 +89,12 @@ class LoadClient:
         )
         await writer.drain()
         head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        length = next(
-            int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
-        )
-        answer = orjson.loads(await reader.readexactly(length))
-        if status != 200:
-            raise RuntimeError(f"{path} answered {status}: {answer}")
-        return answer
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+        answer = orjson.loads(await reader.readexactly(int(headers["content-length"])))
+        if headers.get("connection") == "close":
+            await self.close()
+        return int(status_line.split(" ", 2)[1]), headers, answer
 
     async def close(self) -> None:
         if self._streams is not None:

@@ -1,5 +1,5 @@
 """Cross-request dynamic batching around any Embedder: token-budgeted, length-aware batches built from every queued
-request, run in worker threads off the event loop, with a bounded queue and per-request deadlines."""
+request, run in worker threads off the event loop, with per-request deadlines and admission by estimated cost."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,6 +31,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Vectors]
     remaining: int
+    remaining_tokens: int
     out: Vectors | None = None
     abandoned: bool = False
     failed: bool = False
@@ -44,7 +45,7 @@ class _Job:
 class _Item:
     job: _Job
     index: int
-    tokens: int = -1
+    tokens: int
 
     @property
     def text(self) -> str:
@@ -61,17 +62,19 @@ class BatchPolicy:
     max_wait_s: float = 0.05
 
 
-@dataclass
 class _Throughput:
-    """Recent texts per second of the model, for Retry-After estimates."""
+    """Tokens per second of the recent model calls (their tokens over their time, so the larger calls, which
+    overload is made of, weigh most); written by the inference threads, read by admission."""
 
-    texts_per_s: float = 0.0
-    samples: int = field(default=0)
+    def __init__(self, calls: int = 16) -> None:
+        self._recent: deque[tuple[int, float]] = deque(maxlen=calls)
+        self._lock = threading.Lock()
+        self.tokens_per_s = 0.0  # 0: nothing measured yet
 
-    def record(self, texts: int, seconds: float) -> None:
-        rate = texts / max(seconds, 1e-6)
-        self.texts_per_s = rate if self.samples == 0 else 0.8 * self.texts_per_s + 0.2 * rate
-        self.samples += 1
+    def record(self, tokens: int, seconds: float) -> None:
+        with self._lock:
+            self._recent.append((tokens, max(seconds, 1e-6)))
+            self.tokens_per_s = sum(t for t, _ in self._recent) / sum(s for _, s in self._recent)
 
 
 def plan_batches(items: Sequence[_Item], policy: BatchPolicy) -> list[list[_Item]]:
@@ -94,9 +97,16 @@ class DynamicBatchingScheduler:
     """Runs the texts of all concurrent requests through the model in shared, length-sorted batches.
 
     Each model call takes the batch (of the length-sorted partition of everything queued) that holds the oldest
-    queued text, so no request starves and similar lengths share a batch. At most `max_queued_texts` texts wait or
-    run; beyond that callers get Overloaded with a Retry-After estimated from the recent throughput. A request
-    whose deadline passes or whose caller goes away has its not-yet-started texts dropped.
+    queued text, so no request starves and similar lengths share a batch. A request whose deadline passes or whose
+    caller goes away has its not-yet-started texts dropped.
+
+    Admission is by cost, not count: a request's texts are tokenized on arrival, and it is admitted only if the
+    tokens queued ahead of it plus its own, at the recently measured tokens per second, finish within
+    `admit_share` of the deadline; otherwise it gets Overloaded at once, with a Retry-After of when it would fit
+    (checked first with a lower bound counted from words, so most refusals cost no tokenization).
+    A request arriving at an empty queue is always admitted (nothing to wait for; its deadline still holds); before
+    the first model call has been measured, at most one call's worth of tokens (`policy.max_tokens`) is queued. At
+    most `max_queued_texts` texts wait or run whatever their cost (memory).
     """
 
     def __init__(
@@ -105,8 +115,10 @@ class DynamicBatchingScheduler:
         max_queued_texts: int,
         policy: BatchPolicy | None = None,
         max_workers: int = 1,
+        admit_share: float = 0.8,
     ) -> None:
         self._timeout_s = timeout_s
+        self._admit_share = admit_share
         self._max_queued = max_queued_texts
         self._policy = policy or BatchPolicy()
         self._max_workers = max_workers
@@ -126,24 +138,33 @@ class DynamicBatchingScheduler:
     def queued_texts(self) -> int:
         return sum(job.remaining for job in self._active)
 
+    @property
+    def queued_tokens(self) -> int:
+        return sum(job.remaining_tokens for job in self._active)
+
     async def run(self, embedder: Embedder, texts: Sequence[str]) -> Vectors:
         if not texts:
             raise ValueError("nothing to embed")
+        arrived = time.monotonic()
         queued = self.queued_texts
         if self._closed or (queued and queued + len(texts) > self._max_queued):
-            raise Overloaded(retry_after_s=self._retry_after(queued))
+            raise Overloaded(retry_after_s=self._retry_after(self.queued_tokens))
+        self._admit(_fewest_tokens(texts, embedder.info.spec.max_seq_length))  # refuse early, without tokenizing
+        tokens = await _token_counts(embedder, texts)
+        self._admit(sum(tokens))
         self._start()
         loop = asyncio.get_running_loop()
         job = _Job(
             embedder=embedder,
             texts=list(texts),
-            deadline=time.monotonic() + self._timeout_s,
+            deadline=arrived + self._timeout_s,
             loop=loop,
             future=loop.create_future(),
             remaining=len(texts),
+            remaining_tokens=sum(tokens),
         )
         self._active.add(job)
-        self._inbox.extend(_Item(job, i) for i in range(len(texts)))
+        self._inbox.extend(_Item(job, i, count) for i, count in enumerate(tokens))
         self._wakeup.set()
         try:
             return await asyncio.wait_for(job.future, timeout=max(0.0, job.deadline - time.monotonic()))
@@ -153,9 +174,27 @@ class DynamicBatchingScheduler:
             job.abandoned = not job.future.done() or job.future.cancelled()
             self._active.discard(job)
 
-    def _retry_after(self, queued: int) -> int:
-        rate = self._throughput.texts_per_s
-        estimate = queued / rate if rate > 0 else self._timeout_s / 2
+    def _admit(self, tokens: int) -> None:
+        """Refuse at once what would not finish in time behind the work already queued."""
+        ahead = self.queued_tokens
+        rate = self._throughput.tokens_per_s * self._max_workers
+        if not ahead:
+            return
+        if rate <= 0:  # nothing measured yet: no more than one model call's worth until the first one tells
+            if ahead + tokens > self._policy.max_tokens:
+                raise Overloaded(retry_after_s=1)
+            return
+        finish_s = (ahead + tokens) / rate
+        budget_s = self._timeout_s * self._admit_share
+        if finish_s > budget_s:
+            log.debug(
+                "refused %d tokens: %d queued, %.0f tokens/s, %.1f s > %.1f s", tokens, ahead, rate, finish_s, budget_s
+            )
+            raise Overloaded(retry_after_s=int(min(60, max(1, math.ceil(finish_s - budget_s)))))
+
+    def _retry_after(self, queued_tokens: int) -> int:
+        rate = self._throughput.tokens_per_s * self._max_workers
+        estimate = queued_tokens / rate if rate > 0 else self._timeout_s / 2
         return int(min(60, max(1, math.ceil(estimate))))
 
     def _start(self) -> None:
@@ -222,7 +261,6 @@ class DynamicBatchingScheduler:
         if not self._wait_for_work():
             return None
         self._gather_stragglers()
-        self._count_tokens()
         if not self._pending:
             return self._next_batch()
         head = self._pending[0]
@@ -231,20 +269,6 @@ class DynamicBatchingScheduler:
         chosen = set(map(id, batch))
         self._pending = [item for item in self._pending if id(item) not in chosen]
         return batch
-
-    def _count_tokens(self) -> None:
-        uncounted = [item for item in self._pending if item.tokens < 0]
-        by_model: dict[int, list[_Item]] = {}
-        for item in uncounted:
-            by_model.setdefault(id(item.job.embedder), []).append(item)
-        for items in by_model.values():
-            try:
-                counts = items[0].job.embedder.token_counts([item.text for item in items])
-            except Exception:
-                log.exception("token counting failed; estimating from characters")
-                counts = [len(item.text) // 4 + 2 for item in items]
-            for item, count in zip(items, counts, strict=True):
-                item.tokens = max(1, count)
 
     def _run(self, batch: list[_Item]) -> None:
         self._answered = self._compute(batch)
@@ -280,7 +304,7 @@ class DynamicBatchingScheduler:
                 self._last_batch_s * 1000,
                 len(self._pending) + len(self._inbox),
             )
-        self._throughput.record(len(batch), self._last_batch_s)
+        self._throughput.record(sum(item.tokens for item in batch), self._last_batch_s)
         answered = 0
         for item, vector in zip(batch, vectors, strict=True):
             job = item.job
@@ -289,6 +313,7 @@ class DynamicBatchingScheduler:
             if job.out is None:
                 job.out = np.empty((len(job.texts), vectors.shape[1]), dtype=np.float32)
             job.out[item.index] = vector
+            job.remaining_tokens -= item.tokens
             job.remaining -= 1
             if job.remaining == 0:
                 answered += 1
@@ -298,8 +323,30 @@ class DynamicBatchingScheduler:
     def _fail(self, job: _Job) -> None:
         if not job.failed:
             job.failed = True
-            job.remaining = 0
+            job.remaining = job.remaining_tokens = 0
             job.loop.call_soon_threadsafe(_reject, job.future)
+
+
+INLINE_COUNT_CHARS = 4096  # tokenizing more than this goes to a thread (32 texts of 300 words take ~15 ms here)
+
+
+def _fewest_tokens(texts: Sequence[str], max_seq_length: int) -> int:
+    """A lower bound of the tokens `texts` take, from words alone: the tokenizers served split on whitespace, and
+    every word becomes at least one token besides the two special ones (truncated at the model's limit)."""
+    return sum(min(max_seq_length, len(text.split(maxsplit=max_seq_length)) + 2) for text in texts)
+
+
+async def _token_counts(embedder: Embedder, texts: Sequence[str]) -> list[int]:
+    """Tokens each text takes in a model call, at least 1; estimated from characters if the tokenizer fails."""
+    try:
+        if sum(len(text) for text in texts) <= INLINE_COUNT_CHARS:
+            counts = embedder.token_counts(texts)
+        else:
+            counts = await asyncio.to_thread(embedder.token_counts, texts)
+    except Exception:
+        log.exception("token counting failed; estimating from characters")
+        counts = [len(text) // 4 + 2 for text in texts]
+    return [max(1, count) for count in counts]
 
 
 def _resolve(future: asyncio.Future[Vectors], vectors: Vectors) -> None:

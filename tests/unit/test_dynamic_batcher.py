@@ -205,6 +205,69 @@ def test_a_full_queue_answers_overloaded_with_an_estimated_retry_after() -> None
     asyncio.run(scenario())
 
 
+class TokenCostEmbedder(RecordingEmbedder):
+    """A model whose calls cost time in proportion to their tokens, like a real one under long texts."""
+
+    def __init__(self, seconds_per_token: float) -> None:
+        super().__init__()
+        self._per_token = seconds_per_token
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        time.sleep(self._per_token * sum(self.token_counts(texts)))
+        return super().embed(texts)
+
+
+def test_overload_of_long_texts_is_refused_at_once_and_admitted_work_finishes_in_time() -> None:
+    """The issue's case scaled down: 32 clients x 32 texts of ~300 words against a deadline that fits ~3 of them.
+    Counting texts admitted everything and most requests timed out after the full deadline; by cost, the excess
+    is refused at once with a Retry-After and every admitted request finishes."""
+
+    async def scenario() -> None:
+        embedder = TokenCostEmbedder(seconds_per_token=0.4 / 8192)  # one request (32 x 256 tokens): 0.4 s
+        policy = BatchPolicy(max_texts=32, max_tokens=8192, max_wait_s=0)
+        scheduler = DynamicBatchingScheduler(timeout_s=2.0, max_queued_texts=4096, policy=policy)
+        await scheduler.run(embedder, [words(300, "warm") for _ in range(8)])  # measures the throughput
+
+        async def client(n: int) -> tuple[str, float, int]:
+            started = time.monotonic()
+            try:
+                await scheduler.run(embedder, [words(300, f"c{n}t{i}-") for i in range(32)])
+            except Overloaded as refused:
+                return "overloaded", time.monotonic() - started, refused.retry_after_s
+            except Timeout:
+                return "timeout", time.monotonic() - started, 0
+            return "ok", time.monotonic() - started, 0
+
+        outcomes = await asyncio.gather(*(client(n) for n in range(32)))
+        scheduler.shutdown()
+        kinds = [kind for kind, _, _ in outcomes]
+        assert kinds.count("timeout") == 0
+        assert 2 <= kinds.count("ok") <= 6  # ~1.6 s of budget at 0.4 s each
+        refused = [(elapsed, retry) for kind, elapsed, retry in outcomes if kind == "overloaded"]
+        assert len(refused) == 32 - kinds.count("ok")
+        assert max(elapsed for elapsed, _ in refused) < 0.2  # at once, not after the deadline
+        assert all(1 <= retry <= 60 for _, retry in refused)
+
+    asyncio.run(scenario())
+
+
+def test_before_any_measurement_one_model_calls_worth_is_admitted() -> None:
+    async def scenario() -> None:
+        embedder = TokenCostEmbedder(seconds_per_token=0.2 / 8192)
+        policy = BatchPolicy(max_texts=32, max_tokens=8192, max_wait_s=0)
+        scheduler = DynamicBatchingScheduler(timeout_s=5, max_queued_texts=4096, policy=policy)
+        big = await asyncio.gather(
+            *(scheduler.run(embedder, [words(300, f"{n}-{i}") for i in range(16)]) for n in range(4)),
+            return_exceptions=True,
+        )
+        assert [isinstance(r, Overloaded) for r in big] == [False, False, True, True]  # 2 x 16 x 256 = 8192
+        small = await asyncio.gather(*(scheduler.run(embedder, [f"short {n}"]) for n in range(16)))
+        assert len(small) == 16  # a burst of small requests is not refused by the cold-start rule
+        scheduler.shutdown()
+
+    asyncio.run(scenario())
+
+
 def test_one_request_larger_than_the_queue_runs_when_the_queue_is_empty() -> None:
     async def scenario() -> None:
         scheduler = DynamicBatchingScheduler(timeout_s=5, max_queued_texts=4, policy=BatchPolicy(max_texts=2))
