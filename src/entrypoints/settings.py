@@ -58,6 +58,7 @@ class Settings(BaseSettings):
         default_factory=dict, description='hosted mode: JSON object of tenant name -> key, e.g. {"acme": "..."}'
     )
     allow_unauthenticated: bool = False
+    docs_enabled: bool = Field(True, description="serve /openapi.json, /docs and /redoc (without a key)")
 
     cache_backend: Literal["none", "memory", "sqlite", "postgres"] = Field(
         "none", description="embedding cache: none, memory (bounded LRU), sqlite (file in DATA_DIR), postgres"

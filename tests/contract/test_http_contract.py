@@ -511,6 +511,66 @@ def test_openapi_paths_snapshot(client: TestClient) -> None:
     ]
 
 
+def test_the_openapi_document_states_the_limits_the_service_enforces(client: TestClient) -> None:
+    """What the domain refuses with its own 400/413 is in the schema (the fixture serves MAX_BATCH_SIZE=100 and
+    MAX_INPUT_LENGTH=50), so a body that follows the document is never refused for its shape."""
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    for name, field in [
+        ("EmbedTextsRequest", "texts"),
+        ("EmbedBatchRequest", "inputs"),
+        ("V1EmbedBatchRequest", "texts"),
+    ]:
+        assert (schemas[name]["properties"][field]["minItems"], schemas[name]["properties"][field]["maxItems"]) == (
+            1,
+            100,
+        )
+    for name, field in [("EmbedRequest", "input"), ("BatchInput", "text"), ("V1EmbedRequest", "text")]:
+        assert schemas[name]["properties"][field]["maxLength"] == 50
+    for name in ("EmbedTextsRequest", "V1EmbedBatchRequest"):
+        assert schemas[name]["properties"]["texts"]["items"]["maxLength"] == 50
+    for name in ("EmbedRequest", "EmbedTextsRequest", "EmbedBatchRequest", "V1EmbedRequest", "V1EmbedBatchRequest"):
+        assert schemas[name]["properties"]["model"]["minLength"] == 1
+    for name in ("EmbedRequest", "EmbedTextsRequest", "EmbedBatchRequest"):
+        assert schemas[name]["properties"]["encoding_format"]["enum"] == ["float"]
+    for body, status in [({"texts": []}, 400), ({"texts": ["x"] * 101}, 413), ({"input": "x", "model": ""}, 400)]:
+        assert client.post("/embed", json=body, headers=AUTH).status_code == status
+
+
+def test_a_body_in_both_dialects_is_refused(client: TestClient) -> None:
+    response = client.post("/embed", json={"input": "one", "texts": ["two"]}, headers=AUTH)
+    assert (response.status_code, error(response)) == (
+        422,
+        {
+            "type": "invalid_request",
+            "message": "invalid request body: body: Value error, send either `input` (one text, peoplepad) or "
+            "`texts` (a list, events app), not both",
+            "problems": [
+                {
+                    "location": "body",
+                    "message": "Value error, send either `input` (one text, peoplepad) or `texts` (a list, events "
+                    "app), not both",
+                }
+            ],
+        },
+    )
+
+
+def test_the_events_dialect_checks_its_encoding_format(client: TestClient) -> None:
+    response = client.post("/embed", json={"texts": ["x"], "encoding_format": "base64"}, headers=AUTH)
+    assert (response.status_code, error(response)["type"]) == (400, "unsupported_encoding_format")
+    assert client.post("/embed", json={"texts": ["x"], "encoding_format": "float"}, headers=AUTH).status_code == 200
+
+
+def test_api_docs_are_public_unless_turned_off(client: TestClient) -> None:
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert client.get(path).status_code == 200  # no key: they describe the API and hold no data
+    with TestClient(create_app(fake_settings(docs_enabled=False))) as hidden:
+        wait_ready(hidden)
+        for path in ("/openapi.json", "/docs", "/redoc"):
+            response = hidden.get(path)
+            assert (response.status_code, response.json()["error"]["type"]) == (404, "not_found")
+
+
 def test_logs_use_the_agreed_format_and_never_keys_or_texts(
     client: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -38,6 +39,7 @@ from entrypoints.http.schemas import (
     V1EmbedBatchResponse,
     V1EmbedRequest,
     V1EmbedResponse,
+    document_limits,
 )
 from entrypoints.settings import Settings, check_startup
 
@@ -97,8 +99,9 @@ def cache_headers(result: EmbeddingResult) -> dict[str, str]:
 
 
 def _location(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
-    """Drop the dialect tag pydantic inserts for the POST /embed union: body.texts.texts.0 -> body.texts.0."""
-    if len(loc) > 2 and loc[0] == "body" and loc[1] in DIALECT_TAGS:
+    """Drop the dialect tag pydantic inserts for the POST /embed union: body.texts.texts.0 -> body.texts.0 (and a
+    body-wide error of the texts dialect, body.texts, -> body)."""
+    if len(loc) > 1 and loc[0] == "body" and loc[1] in DIALECT_TAGS:
         return (loc[0], *loc[2:])
     return loc
 
@@ -127,7 +130,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await preparing
             await asyncio.to_thread(cache.close)
 
-    app = FastAPI(title="embedding-service", version="0.1.0", lifespan=lifespan)
+    docs = settings.docs_enabled  # the API description holds no data; an operator may still hide it
+    app = FastAPI(
+        title="embedding-service",
+        version="0.1.0",
+        lifespan=lifespan,
+        openapi_url="/openapi.json" if docs else None,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+    )
     app.router.route_class = StrictJSONRoute
     app.state.container = container
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
@@ -179,7 +190,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         started = time.perf_counter()
         items = [TextItem(id=None, text=text) for text in body.texts]
-        result = await many.execute(items, body.model, caller=caller)
+        result = await many.execute(items, body.model, body.encoding_format, caller)
         elapsed_ms = (time.perf_counter() - started) * 1000
         log.info("embedded %d texts (%d chars)", len(body.texts), sum(len(t) for t in body.texts))
         return VectorJSONResponse(
@@ -278,4 +289,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_input_length=limits.max_input_length,
         )
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            app.openapi_schema = document_limits(schema, settings.max_batch_size, settings.max_input_length)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

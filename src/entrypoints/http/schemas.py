@@ -1,25 +1,55 @@
-"""Request and response bodies of the HTTP API: the peoplepad dialect and the events-app dialect of POST /embed."""
+"""Request and response bodies of the HTTP API: the peoplepad dialect and the events-app dialect of POST /embed.
+
+Limits the domain checks with its own errors (400 invalid_input / input_too_long / unknown_model /
+unsupported_encoding_format, 413 batch_too_large) are documented in the schema (minItems, minLength, enum; the
+configured maxItems and maxLength are filled in per app by `document_limits`) but not enforced by it, so a request
+that breaks one gets that specific error instead of a generic 422.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+MODEL_FIELD_SCHEMA: dict[str, Any] = {"minLength": 1}
+ENCODING_FORMAT_SCHEMA: dict[str, Any] = {"enum": ["float"]}
+NON_EMPTY: dict[str, Any] = {"minItems": 1}
+
+
+def model_field() -> Any:
+    return Field(
+        None,
+        description="served model: short name or hub id (another -> 400 unknown_model)",
+        json_schema_extra=MODEL_FIELD_SCHEMA,
+    )
+
+
+def encoding_format_field() -> Any:
+    return Field("float", description="only float (else 400)", json_schema_extra=ENCODING_FORMAT_SCHEMA)
 
 
 class EmbedRequest(BaseModel):
     """peoplepad dialect: one text."""
 
     input: str = Field(description="the text to embed")
-    model: str | None = Field(None, description="served model: short name or hub id")
-    encoding_format: str = "float"
+    model: str | None = model_field()
+    encoding_format: str = encoding_format_field()
 
 
 class EmbedTextsRequest(BaseModel):
     """events-app dialect: a list of texts (1 to MAX_BATCH_SIZE)."""
 
-    texts: list[str] = Field(description="texts to embed, answered in the same order")
-    model: str | None = Field(None, description="served model: short name or hub id")
+    texts: list[str] = Field(description="texts to embed, answered in the same order", json_schema_extra=NON_EMPTY)
+    model: str | None = model_field()
+    encoding_format: str = encoding_format_field()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_dialect(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "input" in data:
+            raise ValueError("send either `input` (one text, peoplepad) or `texts` (a list, events app), not both")
+        return data
 
 
 DIALECT_TAGS = ("input", "texts")
@@ -61,9 +91,9 @@ class BatchInput(BaseModel):
 
 
 class EmbedBatchRequest(BaseModel):
-    inputs: list[BatchInput]
-    model: str | None = None
-    encoding_format: str = "float"
+    inputs: list[BatchInput] = Field(json_schema_extra=NON_EMPTY)
+    model: str | None = model_field()
+    encoding_format: str = encoding_format_field()
 
 
 class BatchEmbeddingData(BaseModel):
@@ -122,7 +152,7 @@ class V1EmbedRequest(BaseModel):
     """Hosted API: one text."""
 
     text: str = Field(description="the text to embed")
-    model: str | None = Field(None, description="served model: short name or hub id")
+    model: str | None = model_field()
 
 
 class V1EmbedResponse(BaseModel):
@@ -134,8 +164,8 @@ class V1EmbedResponse(BaseModel):
 class V1EmbedBatchRequest(BaseModel):
     """Hosted API: 1 to MAX_BATCH_SIZE (100) texts."""
 
-    texts: list[str] = Field(description="texts to embed, answered in the same order")
-    model: str | None = Field(None, description="served model: short name or hub id")
+    texts: list[str] = Field(description="texts to embed, answered in the same order", json_schema_extra=NON_EMPTY)
+    model: str | None = model_field()
 
 
 class V1EmbedBatchResponse(BaseModel):
@@ -150,3 +180,25 @@ class CacheStatsResponse(BaseModel):
     hits: int = Field(description="distinct texts per request served from the cache")
     misses: int = Field(description="distinct texts per request looked up and not found")
     entries: int = Field(description="vectors stored for this tenant")
+
+
+# (schema, field, whether the field is a list of texts) -> what the configured limits bound
+_TEXT_FIELDS = [
+    ("EmbedRequest", "input", False),
+    ("EmbedTextsRequest", "texts", True),
+    ("BatchInput", "text", False),
+    ("V1EmbedRequest", "text", False),
+    ("V1EmbedBatchRequest", "texts", True),
+]
+_LIST_FIELDS = [("EmbedTextsRequest", "texts"), ("EmbedBatchRequest", "inputs"), ("V1EmbedBatchRequest", "texts")]
+
+
+def document_limits(openapi: dict[str, Any], max_batch_size: int, max_input_length: int) -> dict[str, Any]:
+    """Write the configured MAX_BATCH_SIZE and MAX_INPUT_LENGTH into the OpenAPI document as maxItems/maxLength."""
+    schemas = openapi["components"]["schemas"]
+    for name, field in _LIST_FIELDS:
+        schemas[name]["properties"][field]["maxItems"] = max_batch_size
+    for name, field, is_list in _TEXT_FIELDS:
+        prop = schemas[name]["properties"][field]
+        (prop["items"] if is_list else prop)["maxLength"] = max_input_length
+    return openapi
