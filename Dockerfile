@@ -7,7 +7,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     MODEL_PATH=/var/lib/embedding-models \
-    DATA_DIR=/var/lib/embedding-data
+    DATA_DIR=/var/lib/embedding-data \
+    UVICORN_HTTP=entrypoints.http.protocol:GuardedHttpToolsProtocol
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /app

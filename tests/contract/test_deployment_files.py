@@ -147,3 +147,48 @@ def test_compose_command_and_healthcheck_really_work(
     finally:
         process.terminate()
         process.communicate(timeout=30)
+
+
+# How the events app's own deployment text (its ECS task and compose snippet) starts the service.
+EVENTS_APP_COMMAND = [
+    "python", "-m", "uvicorn", "embedding_service.app:app", "--host", "0.0.0.0", "--port", "8003", "--workers", "1",
+]  # fmt: skip
+
+
+def dockerfile_env(name: str) -> str:
+    text = (ROOT / "Dockerfile").read_text()
+    value = text.split(f"{name}=", 1)[1].split()[0]
+    return value.rstrip("\\")
+
+
+def test_the_events_apps_own_uvicorn_command_serves_the_app(compose: dict[str, Any], tmp_path: Path) -> None:
+    """Run the events app's command as its deployment does (the events compose service's environment, the image's
+    UVICORN_HTTP) on a free port with the fake backend, probe it with the events healthcheck and embed."""
+    events = compose["services"]["embedding-service-events"]
+    local_port = free_port()
+    command = [sys.executable, *EVENTS_APP_COMMAND[1:]]
+    command[command.index("--port") + 1] = str(local_port)
+    command[command.index("--host") + 1] = "127.0.0.1"
+    env = {**os.environ, **events["environment"], "MODEL_PATH": str(MODEL_ROOT)}
+    env |= {"EMBEDDER_BACKEND": "fake", "EMBEDDING_API_KEY": API_KEY, "MAX_HEADER_BYTES": "4096"}
+    env["UVICORN_HTTP"] = dockerfile_env("UVICORN_HTTP")
+    process = subprocess.Popen(
+        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    base = f"http://127.0.0.1:{local_port}"
+    try:
+        wait_http_ready(process, local_port)
+        probe = events["healthcheck"]["test"][3].replace("127.0.0.1:8003", f"127.0.0.1:{local_port}")
+        assert subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+        assert httpx.get(f"{base}/health").json()["model_name"] == "all-MiniLM-L6-v2"
+        auth = {"Authorization": f"Bearer {API_KEY}"}
+        answer = httpx.post(f"{base}/embed", json={"texts": ["Jazz night", "Farmers market"]}, headers=auth)
+        assert answer.status_code == 200
+        assert answer.json()["model"] == "all-MiniLM-L6-v2" and len(answer.json()["embeddings"][0]) == 384
+        assert httpx.post(f"{base}/embed", json={"texts": ["x"]}).status_code == 401
+        refused = httpx.get(f"{base}/health", headers={"x-padding": "p" * 5000})  # the image's protocol is in use
+        assert (refused.status_code, refused.json()["error"]["type"]) == (431, "headers_too_large")
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+    assert "model all-MiniLM-L6-v2 ready" in output  # the app's own log lines are written
