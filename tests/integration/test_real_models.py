@@ -13,7 +13,7 @@ from sentence_transformers import SentenceTransformer
 
 from embedding_client import EmbeddingClient
 from entrypoints.http.app import create_app
-from tests.support import API_KEY, AUTH, MODEL_ROOT, fake_settings, model_dir, wait_ready
+from tests.support import API_KEY, AUTH, MODEL_ROOT, model_dir, real_model_settings, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -28,15 +28,7 @@ TEXTS = [
 
 
 def served(model_name: str) -> TestClient:
-    settings = fake_settings(
-        embedder_backend="sentence_transformers",
-        model_name=model_name,
-        model_path=MODEL_ROOT,
-        hf_hub_offline=True,
-        device="cpu",
-        timeout_seconds=60,
-    )
-    return TestClient(create_app(settings))
+    return TestClient(create_app(real_model_settings(model_name)))
 
 
 def serving(model_name: str) -> Iterator[TestClient]:
