@@ -571,6 +571,14 @@ def test_api_docs_are_public_unless_turned_off(client: TestClient) -> None:
             assert (response.status_code, response.json()["error"]["type"]) == (404, "not_found")
 
 
+def test_a_path_cannot_forge_log_lines(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="entrypoints.http.access"):
+        client.get("/x%0a2026-11-23%2022:10:00.000%20ERROR%20forged%0d%1b[31m")
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "entrypoints.http.access"]
+    assert line.startswith("GET /x%0a2026-11-23%2022:10:00.000%20ERROR%20forged%0d%1b[31m 404 ")
+    assert not any(ch in line for ch in "\n\r\x1b")
+
+
 def test_logs_use_the_agreed_format_and_never_keys_or_texts(
     client: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -5,6 +5,7 @@ the server keeps answering everyone else."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -12,7 +13,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from dependency_injector import providers
 
+from adapters.fake_embedder import FakeEmbedderLoader
+from domain.model import KNOWN_MODELS
 from entrypoints.http.app import create_app
 from entrypoints.http.protocol import ConnectionLimits
 from tests.support import API_KEY, fake_settings, uvicorn_app
@@ -23,6 +27,16 @@ LIMITS = ConnectionLimits(max_head_bytes=16384, head_timeout_s=0.5, body_timeout
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[str, int]]:
     with uvicorn_app(create_app(fake_settings()), LIMITS) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def slow_server() -> Iterator[tuple[str, int]]:
+    """The same limits, and a model that takes 1 s per text."""
+    app = create_app(fake_settings())
+    slow = FakeEmbedderLoader(KNOWN_MODELS["all-mpnet-base-v2"], delay_per_text_s=1.0)
+    app.state.container.loader.override(providers.Object(slow))
+    with uvicorn_app(app, LIMITS) as served:
         yield served
 
 
@@ -133,33 +147,35 @@ def test_a_slow_request_is_408_and_closed(server: tuple[str, int], partial: byte
 
 
 def test_slow_clients_do_not_hold_connections(server: tuple[str, int]) -> None:
-    """Six slow clients trickling a byte every 0.2 s: every one is cut off within the limits."""
+    """Six slow clients trickling a byte every 0.2 s, three in their heads and three in their bodies (heads sent at
+    once): every one is cut off within its limit, with a 408."""
     base, port = server
-    closed_after: list[float] = []
+    outcomes: list[tuple[float, bytes]] = []
 
-    def trickle(request: bytes) -> None:
+    def trickle(at_once: bytes, slowly: bytes) -> None:
         sock = connect(port)
+        sock.sendall(at_once)
         started = time.monotonic()
         try:
-            for byte in request:
+            for byte in slowly:
                 sock.sendall(bytes([byte]))
                 time.sleep(0.2)
         except OSError:
             pass
-        read_until_closed(sock)
-        closed_after.append(time.monotonic() - started)
+        outcomes.append((time.monotonic() - started, read_until_closed(sock)))
         sock.close()
 
-    head = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
-    body_request = f"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n{'x' * 40}".encode()
-    threads = [threading.Thread(target=trickle, args=(head,)) for _ in range(3)]
-    threads += [threading.Thread(target=trickle, args=(body_request,)) for _ in range(3)]
+    head = (b"", b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    body = (b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n", b"x" * 40)
+    threads = [threading.Thread(target=trickle, args=request) for request in [head] * 3 + [body] * 3]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert len(closed_after) == 6
-    assert max(closed_after) < 3  # head 0.5 s (+ body 0.5 s) and this machine's noise, not the trickle's ~10 s
+    assert len(outcomes) == 6
+    assert max(elapsed for elapsed, _ in outcomes) < 3  # 0.5 s and this machine's noise, not the trickle's 6-8 s
+    messages = sorted(parse(raw)[2]["error"]["message"] for _, raw in outcomes)  # type: ignore[index]
+    assert messages == sorted([SLOW_HEAD] * 3 + ["the request body took over 0.5 s."] * 3)
     still_serving(base)
 
 
@@ -191,3 +207,124 @@ def test_kept_alive_connections_serve_several_requests_and_time_each_head(server
     status, _, _ = parse(read_until_closed(sock))
     sock.close()
     assert status == 408
+
+
+def responses(raw: bytes) -> list[int]:
+    """The status codes of every response in a stream (one may follow another's body directly)."""
+    return [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
+
+
+def test_a_bare_crlf_after_an_answer_does_not_hold_the_connection(server: tuple[str, int]) -> None:
+    _, port = server
+    sock = connect(port)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    started = time.monotonic()
+    sock.sendall(b"\r\n")  # cancels uvicorn's keep-alive timer; the parser skips it, so no request begins
+    status, _, _ = parse(read_until_closed(sock))
+    sock.close()
+    assert status == 408 and time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize(
+    ("stream", "expected"),
+    [
+        (b"\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", [431]),
+        (
+            b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+            + b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: "
+            + b"a" * 20000
+            + b"\r\n\r\n",
+            [200, 431],
+        ),
+    ],
+    ids=["after leading CRLFs", "pipelined behind a small request"],
+)
+def test_heads_over_the_limit_that_start_mid_read_are_refused(
+    server: tuple[str, int], stream: bytes, expected: list[int]
+) -> None:
+    _, port = server
+    sock = connect(port)
+    sock.sendall(stream)
+    raw = read_until_closed(sock)
+    sock.close()
+    assert responses(raw) == expected
+    assert b'"headers_too_large"' in raw
+
+
+def test_trailers_never_become_headers(server: tuple[str, int]) -> None:
+    _, port = server
+    sock = connect(port)
+    body = b'{"text": "trailer auth"}'
+    sock.sendall(
+        b"POST /v1/embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + f"{len(body):x}\r\n".encode()
+        + body
+        + b"\r\n0\r\n"
+        + f"Authorization: Bearer {API_KEY}\r\n\r\n".encode()
+    )
+    response = b""
+    while b'"unauthenticated"' not in response and b'"embedding"' not in response:
+        response += sock.recv(65536)
+    sock.close()
+    assert responses(response) == [401]
+
+
+def test_endless_trailers_are_cut_off_at_the_raw_body_limit(server: tuple[str, int]) -> None:
+    base, port = server
+    sock = connect(port)
+    sock.sendall(
+        b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n"
+    )
+    sent = 0
+    block = (b"X-T: " + b"a" * 60000 + b"\r\n") * 16
+    try:
+        while sent < 64 * 1024 * 1024:
+            sock.sendall(block)
+            sent += len(block)
+    except OSError:
+        pass
+    raw = read_until_closed(sock)
+    sock.close()
+    assert responses(raw) == [413]
+    assert sent < 8 * 1024 * 1024  # 2 x 1 MiB of body, 16 KiB of trailers, and what the socket buffers held
+    still_serving(base)
+
+
+def test_a_refusal_never_answers_an_earlier_pipelined_request(slow_server: tuple[str, int]) -> None:
+    """A 1 s request followed by a head that never ends (0.5 s allowed): the first gets its own 200, and the 408
+    comes after it (not in its place), then the connection closes."""
+    _, port = slow_server
+    sock = connect(port)
+    body = b'{"input": "slow"}'
+    sock.sendall(
+        b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+        + b"GET /health HT"
+    )
+    raw = read_until_closed(sock)
+    sock.close()
+    assert responses(raw) == [200, 408]
+    assert raw.index(b'"embedding"') < raw.index(b'"request_timeout"')
+
+
+def test_an_early_answer_is_the_only_answer(server: tuple[str, int]) -> None:
+    """413 from the declared length, while the client keeps sending: the rest is discarded and the connection
+    closes at the body limits, with no second response."""
+    base, port = server
+    sock = connect(port)
+    sock.sendall(
+        b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000000000\r\n\r\n"
+    )
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < 5:
+            sock.sendall(b"x" * 16384)
+            time.sleep(0.001)
+    except OSError:
+        pass
+    raw = read_until_closed(sock)
+    sock.close()
+    assert responses(raw) == [413]
+    still_serving(base)

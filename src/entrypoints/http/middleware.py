@@ -15,6 +15,13 @@ from entrypoints.http.errors import domain_error_response
 log = logging.getLogger("entrypoints.http.access")
 
 
+def logged_path(scope: Scope) -> str:
+    """The path as the client sent it (still percent-encoded, so a %0a cannot start a forged log line), with any
+    other byte outside printable ASCII escaped."""
+    raw = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+    return "".join(chr(b) if 0x21 <= b <= 0x7E else f"\\x{b:02x}" for b in raw)
+
+
 class BodySizeLimit:
     """Reads the body up to `max_bytes` before the app sees it; anything larger is answered 413.
 
@@ -79,7 +86,7 @@ class BodySizeLimit:
                 pass
             disconnected.set()
             if not responded and not handler.done():
-                log.info("%s %s client disconnected; cancelling its work", scope["method"], scope["path"])
+                log.info("%s %s client disconnected; cancelling its work", scope["method"], logged_path(scope))
                 handler.cancel()
 
         watcher = asyncio.create_task(watch())
@@ -120,4 +127,5 @@ class AccessLog:
             raise
         finally:
             status = status or 499  # nothing was sent: the client went away first
-            log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, (time.monotonic() - started) * 1000)
+            elapsed_ms = (time.monotonic() - started) * 1000
+            log.info("%s %s %d %.1f ms", scope["method"], logged_path(scope), status, elapsed_ms)

@@ -1,14 +1,20 @@
 """The HTTP/1.1 connection protocol the server runs: uvicorn's httptools protocol plus the limits it lacks.
 
 uvicorn's httptools protocol accepts request heads of any size (the parser buffers a 32 MB header and slows down as
-it grows) and waits forever for a slow request line, headers or body. Here, per connection:
-- the request line and headers together may take at most `max_head_bytes`, counted as the bytes arrive (before
-  the parser buffers them): more is answered 431 and the connection closed;
-- they must arrive within `head_timeout_s` of the connection opening (or of the request's first byte on a
-  kept-alive connection), else 408 and close; idle kept-alive connections are closed by uvicorn's own keep-alive
-  timeout;
-- the body must arrive within `body_timeout_s` of the end of the headers, else 408 and close;
-- a request the parser rejects (a negative Content-Length, say) gets a JSON 400 instead of uvicorn's plain text.
+it grows), merges chunked-body trailers into the request's headers, and waits forever for a slow request line,
+headers or body. Here, per connection:
+- the request line and headers together may take at most `max_head_bytes`: counted as the bytes arrive (before the
+  parser buffers them), and again exactly once parsed; more is answered 431 and the connection closed;
+- they must arrive within `head_timeout_s` of the connection opening, or of the first byte of a later request on a
+  kept-alive connection (a bare CRLF counts), else 408 and close; idle kept-alive connections are closed by
+  uvicorn's own keep-alive timeout;
+- the body must arrive within `body_timeout_s` of the end of the headers, else 408 and close; the raw bytes of a
+  body (chunk framing and trailers included) may take at most twice `max_body_bytes` plus `max_head_bytes`, else
+  413 and close; trailer fields are dropped, never added to the request's headers;
+- a request the parser rejects (a negative Content-Length, say) gets a JSON 400 instead of uvicorn's plain text;
+- a refusal never answers an earlier pipelined request still being answered: it is sent after that answer, then the
+  connection closes; once a request was answered early (413 before its body was read), the rest of its body is
+  discarded silently until a limit closes the connection.
 
 `embedding-service serve` runs it; the uvicorn command line takes it with
 `--http entrypoints.http.protocol:GuardedHttpToolsProtocol` (or UVICORN_HTTP, which the image sets).
@@ -38,6 +44,7 @@ class ConnectionLimits:
     max_head_bytes: int = 32768
     head_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
+    max_body_bytes: int = 1_048_576
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
@@ -45,7 +52,13 @@ class ConnectionLimits:
             max_head_bytes=settings.max_header_bytes,
             head_timeout_s=settings.client_header_timeout_seconds,
             body_timeout_s=settings.client_body_timeout_seconds,
+            max_body_bytes=settings.max_body_bytes,
         )
+
+    @property
+    def max_raw_body_bytes(self) -> int:
+        """Bytes a body may take on the wire: the payload cap twice over (chunk framing) plus trailers."""
+        return 2 * self.max_body_bytes + self.max_head_bytes
 
 
 @functools.cache
@@ -67,14 +80,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._limits = self.limits or limits_from_environment()
         self._head_bytes: int | None = 0  # bytes of the request head so far; None while a body is read
         self._tail = b""  # the last bytes of the head so far: its end may straddle two reads
+        self._body_bytes = 0  # raw bytes read since the head ended
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
+        self._refusal: tuple[int, str, str] | None = None  # decided inside a parser callback, sent after it
+        self._deferred: tuple[int, str, str] | None = None  # waiting for an earlier pipelined answer to go out
 
     # --- connection -------------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._head_timer = self.loop.call_later(self._limits.head_timeout_s, self._head_too_slow)
+        self._start_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         for timer in (self._head_timer, self._body_timer):
@@ -84,35 +100,56 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._head_bytes is not None:
+            self._start_head_timer()  # any byte starts the clock, even a CRLF the parser skips
             window = self._tail + data
             end = window.find(HEAD_END)
             counted = len(data) if end < 0 else max(0, end + len(HEAD_END) - len(self._tail))
             self._head_bytes += counted
             if self._head_bytes > self._limits.max_head_bytes:
-                self._refuse(
-                    431,
-                    "headers_too_large",
-                    f"the request line and headers exceed {self._limits.max_head_bytes} bytes.",
-                )
+                self._refuse(*self._head_too_large())
                 return
             self._tail = window[-(len(HEAD_END) - 1) :]
+        else:
+            self._body_bytes += len(data)
+            if self._body_bytes > self._limits.max_raw_body_bytes:
+                limit = self._limits.max_body_bytes
+                message = f"request body exceeds {limit} bytes; send fewer or shorter inputs per request."
+                self._refuse(413, "payload_too_large", message)
+                return
         super().data_received(data)
 
     def send_400_response(self, msg: str) -> None:
-        self._refuse(400, "invalid_http", "malformed HTTP/1.1 request.")
+        refusal, self._refusal = self._refusal, None
+        self._refuse(*(refusal or (400, "invalid_http", "malformed HTTP/1.1 request.")))
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._deferred is not None:
+            refusal, self._deferred = self._deferred, None
+            self._refuse(*refusal)
+        elif self._head_bytes is not None and self._head_timer is not None:
+            self._unset_keepalive_if_required()  # a next request's head is arriving: the head timer rules
 
     # --- parser callbacks -------------------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._head_timer is None:  # a later request on a kept-alive connection: its head starts now
-            self._head_timer = self.loop.call_later(self._limits.head_timeout_s, self._head_too_slow)
+        self._start_head_timer()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head_bytes is None:
+            return  # a chunked body's trailer: never a request header (an Authorization trailer must not count)
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        self._head_bytes = None
+        parsed = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if parsed > self._limits.max_head_bytes:  # the streaming count misses heads that start mid-read
+            self._refusal = self._head_too_large()
+            raise ValueError("request head too large")  # stops the parser; answered in send_400_response
+        self._head_bytes, self._body_bytes = None, 0
         super().on_headers_complete()
         self._body_timer = self.loop.call_later(self._limits.body_timeout_s, self._body_too_slow)
 
@@ -125,6 +162,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # --- refusals ---------------------------------------------------------------------------------------------
 
+    def _start_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self._limits.head_timeout_s, self._head_too_slow)
+
+    def _head_too_large(self) -> tuple[int, str, str]:
+        return 431, "headers_too_large", f"the request line and headers exceed {self._limits.max_head_bytes} bytes."
+
     def _head_too_slow(self) -> None:
         self._head_timer = None
         limit = self._limits.head_timeout_s
@@ -132,28 +176,35 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _body_too_slow(self) -> None:
         self._body_timer = None
-        cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
-            cycle.disconnected = True  # the app sees the client gone: its receive() ends, its sends are dropped
-            cycle.message_event.set()
         self._refuse(408, "request_timeout", f"the request body took over {self._limits.body_timeout_s:g} s.")
 
     def _refuse(self, status: int, kind: str, message: str) -> None:
-        """Answer with a JSON error (unless another response is on the wire already) and close the connection."""
+        """Refuse the request being read: answer with a JSON error and close the connection, except where that
+        would garble another answer (see the module docstring)."""
         if self.transport.is_closing():
             return
-        cycle = self.cycle
-        answering = cycle is not None and cycle.response_started and not cycle.response_complete
-        if not answering:
-            body = orjson.dumps(error_body(kind, message))
-            head = [STATUS_LINE[status]]
-            head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
-            head += [
-                b"content-type: application/json\r\n",
-                b"content-length: " + str(len(body)).encode() + b"\r\n",
-                b"connection: close\r\n\r\n",
-            ]
-            self.transport.write(b"".join(head) + body)
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
+        cycle = self.cycle
+        pending = cycle is not None and not cycle.response_complete
+        if pending and self._head_bytes is not None:  # an earlier request is still being answered
+            self._deferred = (status, kind, message)  # sent, and the connection closed, once that answer is out
+            self.flow.pause_reading()
+            return
+        if cycle is not None and self._head_bytes is None:  # the request whose body is being read
+            if cycle.response_started:  # answered (early) or answering already: nothing more to send
+                log.info("%s: %d %s (connection closed)", client, status, message)
+                self.transport.close()
+                return
+            cycle.disconnected = True  # the app sees the client gone: its receive() ends, its sends are dropped
+            cycle.message_event.set()
+        body = orjson.dumps(error_body(kind, message))
+        head = [STATUS_LINE[status]]
+        head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+        head += [
+            b"content-type: application/json\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n",
+            b"connection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
         log.info("%s: %d %s (connection closed)", client, status, message)
         self.transport.close()
