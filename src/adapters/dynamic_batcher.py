@@ -98,7 +98,8 @@ class DynamicBatchingScheduler:
 
     Each model call takes the batch (of the length-sorted partition of everything queued) that holds the oldest
     queued text, so no request starves and similar lengths share a batch. A request whose deadline passes or whose
-    caller goes away has its not-yet-started texts dropped.
+    caller goes away has its not-yet-started texts dropped. The deadline counts from `arrived` when the caller
+    passes it (the request's arrival, before a cache lookup say), else from the call.
 
     Admission is by cost, not count: a request's texts are tokenized on arrival, and it is admitted only if the
     tokens queued ahead of it plus its own, at the recently measured tokens per second, finish within
@@ -130,6 +131,8 @@ class DynamicBatchingScheduler:
         self._last_batch_end = 0.0
         self._last_batch_s = 0.0
         self._active: set[_Job] = set()
+        self._reserved_texts = 0  # of requests being tokenized for admission (event loop only)
+        self._reserved_tokens = 0
         self._throughput = _Throughput()
         self._threads: list[threading.Thread] = []
         self._closed = False
@@ -142,16 +145,20 @@ class DynamicBatchingScheduler:
     def queued_tokens(self) -> int:
         return sum(job.remaining_tokens for job in self._active)
 
-    async def run(self, embedder: Embedder, texts: Sequence[str]) -> Vectors:
+    async def run(self, embedder: Embedder, texts: Sequence[str], arrived: float | None = None) -> Vectors:
         if not texts:
             raise ValueError("nothing to embed")
-        arrived = time.monotonic()
-        queued = self.queued_texts
-        if self._closed or (queued and queued + len(texts) > self._max_queued):
-            raise Overloaded(retry_after_s=self._retry_after(self.queued_tokens))
-        self._admit(_fewest_tokens(texts, embedder.info.spec.max_seq_length))  # refuse early, without tokenizing
-        tokens = await _token_counts(embedder, texts)
-        self._admit(sum(tokens))
+        arrived = time.monotonic() if arrived is None else arrived
+        floor = _fewest_tokens(texts, embedder.info.spec.max_seq_length)
+        self._admit(len(texts), floor, arrived)  # refuse early, without tokenizing
+        self._reserved_texts += len(texts)  # held while tokenizing, so requests arriving meanwhile count them
+        self._reserved_tokens += floor
+        try:
+            tokens = await _token_counts(embedder, texts)
+        finally:
+            self._reserved_texts -= len(texts)
+            self._reserved_tokens -= floor
+        self._admit(len(texts), sum(tokens), arrived)
         self._start()
         loop = asyncio.get_running_loop()
         job = _Job(
@@ -174,10 +181,14 @@ class DynamicBatchingScheduler:
             job.abandoned = not job.future.done() or job.future.cancelled()
             self._active.discard(job)
 
-    def _admit(self, tokens: int) -> None:
-        """Refuse at once what would not finish in time behind the work already queued."""
-        ahead = self.queued_tokens
+    def _admit(self, texts: int, tokens: int, arrived: float) -> None:
+        """Refuse at once what the queue cannot hold or would not finish in time behind the work already queued
+        (or being tokenized), `admit_share` of the request's deadline counted from its arrival."""
+        queued = self.queued_texts + self._reserved_texts
+        ahead = self.queued_tokens + self._reserved_tokens
         rate = self._throughput.tokens_per_s * self._max_workers
+        if self._closed or (queued and queued + texts > self._max_queued):
+            raise Overloaded(retry_after_s=self._retry_after(ahead))
         if not ahead:
             return
         if rate <= 0:  # nothing measured yet: no more than one model call's worth until the first one tells
@@ -185,10 +196,10 @@ class DynamicBatchingScheduler:
                 raise Overloaded(retry_after_s=1)
             return
         finish_s = (ahead + tokens) / rate
-        budget_s = self._timeout_s * self._admit_share
+        budget_s = arrived + self._timeout_s * self._admit_share - time.monotonic()
         if finish_s > budget_s:
             log.debug(
-                "refused %d tokens: %d queued, %.0f tokens/s, %.1f s > %.1f s", tokens, ahead, rate, finish_s, budget_s
+                "refused %d tokens behind %d at %.0f tokens/s: %.1f s > %.1f s", tokens, ahead, rate, finish_s, budget_s
             )
             raise Overloaded(retry_after_s=int(min(60, max(1, math.ceil(finish_s - budget_s)))))
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from adapters.backend_artifacts import INT8_GRAPH_FILE, atomic_target
+from adapters.token_counting import TokenCounter
 from domain.model import ModelInfo, Vectors
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,6 @@ class _Tokenizer:
             "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
         }
 
-    def counts(self, texts: Sequence[str]) -> list[int]:
-        return [sum(e.attention_mask) for e in self._tokenizer.encode_batch(list(texts))]
-
 
 class ExportedGraphEmbedder:
     """The exported graph behind a runtime (`run`: tokenized inputs -> sentence embeddings), as an Embedder."""
@@ -67,6 +65,7 @@ class ExportedGraphEmbedder:
     def __init__(self, run: Callable[[dict[str, np.ndarray]], np.ndarray], model_dir: Path, info: ModelInfo) -> None:
         self._run = run
         self._tokenizer = _Tokenizer(model_dir, info.spec.max_seq_length)
+        self._counter = TokenCounter(model_dir / "tokenizer.json", info.spec.max_seq_length)
         self._info = info
 
     @property
@@ -77,7 +76,7 @@ class ExportedGraphEmbedder:
         return np.ascontiguousarray(self._run(self._tokenizer.encode(texts)), dtype=np.float32)
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
-        return self._tokenizer.counts(texts)
+        return self._counter.counts(texts)
 
 
 def onnxruntime_embedder(graph: Path, model_dir: Path, info: ModelInfo) -> ExportedGraphEmbedder:

@@ -25,6 +25,7 @@ from adapters.backend_artifacts import (
     atomic_target,
     export_manifest,
 )
+from adapters.token_counting import TokenCounter
 from domain.model import ModelInfo, ModelSpec, Vectors
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,10 @@ def pick_device(requested: str) -> str:
 
 
 class SentenceTransformerEmbedder:
-    def __init__(self, model: Any, info: ModelInfo) -> None:
+    def __init__(self, model: Any, info: ModelInfo, counter: TokenCounter) -> None:
         self._model = model
         self._info = info
+        self._counter = counter
 
     @property
     def info(self) -> ModelInfo:
@@ -59,14 +61,7 @@ class SentenceTransformerEmbedder:
         return np.asarray(vectors, dtype=np.float32)
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
-        encoded = self._model.tokenizer(
-            list(texts),
-            truncation=True,
-            max_length=self._model.max_seq_length,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
-        return [len(ids) for ids in encoded["input_ids"]]
+        return self._counter.counts(texts)  # not self._model.tokenizer: encode() reconfigures it on every call
 
 
 def load_sentence_transformer(
@@ -88,7 +83,8 @@ def load_sentence_transformer(
         backend="torch",
         precision="fp16" if fp16 else "fp32",
     )
-    embedder = SentenceTransformerEmbedder(model, info)
+    counter = TokenCounter(Path(path) / "tokenizer.json", spec.max_seq_length)
+    embedder = SentenceTransformerEmbedder(model, info, counter)
     embedder.embed(list(WARM_UP_TEXTS))
     log.info("model %s loaded from %s on %s and warmed up", spec.name, path, device)
     return embedder

@@ -25,10 +25,12 @@ class Embedder(Protocol):
 class InferenceScheduler(Protocol):
     """Runs embedding work off the event loop within a per-request deadline and a bounded queue.
 
-    Raises Overloaded when the queue is full, Timeout when the deadline passes, BackendFailure when the model fails.
+    Raises Overloaded when the work would not finish in time or the queue is full, Timeout when the deadline passes,
+    BackendFailure when the model fails on the request's own texts. The deadline counts from `arrived` (a
+    time.monotonic() reading taken when the request arrived) when given, else from the call.
     """
 
-    async def run(self, embedder: Embedder, texts: Sequence[str]) -> Vectors: ...
+    async def run(self, embedder: Embedder, texts: Sequence[str], arrived: float | None = None) -> Vectors: ...
 
     def shutdown(self) -> None: ...
 

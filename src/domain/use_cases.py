@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -86,17 +87,18 @@ class _EmbedTexts:
     async def _embed(
         self, items: Sequence[TextItem], model: str | None, encoding_format: str, caller: Caller
     ) -> EmbeddingResult:
+        arrived = time.monotonic()  # the deadline counts from here, cache lookup included
         spec = self._validate(items, model, encoding_format)
         embedder = self._host.embedder()
         texts = [item.text for item in items]
         if not self._cache.enabled:
-            vectors = await self._scheduler.run(embedder, texts)
+            vectors = await self._scheduler.run(embedder, texts, arrived)
             return EmbeddingResult(
                 model=spec.name,
                 items=[EmbeddedItem(id=item.id, index=i, embedding=vectors[i]) for i, item in enumerate(items)],
                 dimensions=spec.dimension,
             )
-        keys, by_key, cached = await self._through_cache(embedder, caller, texts)
+        keys, by_key, cached = await self._through_cache(embedder, caller, texts, arrived)
         return EmbeddingResult(
             model=spec.name,
             items=[
@@ -108,7 +110,7 @@ class _EmbedTexts:
         )
 
     async def _through_cache(
-        self, embedder: Embedder, caller: Caller, texts: Sequence[str]
+        self, embedder: Embedder, caller: Caller, texts: Sequence[str], arrived: float
     ) -> tuple[list[bytes], dict[bytes, Vector], set[bytes]]:
         """Look every distinct text key up once, embed only the misses (one scheduler call), store them."""
         info = embedder.info
@@ -121,7 +123,7 @@ class _EmbedTexts:
         missing = [key for key in first_text if key not in found]
         fresh: dict[bytes, Vector] = {}
         if missing:
-            vectors = await self._scheduler.run(embedder, [first_text[key] for key in missing])
+            vectors = await self._scheduler.run(embedder, [first_text[key] for key in missing], arrived)
             fresh = dict(zip(missing, vectors, strict=True))
             await asyncio.to_thread(self._cache.save, scope, fresh)
         return keys, {**found, **fresh}, set(found)

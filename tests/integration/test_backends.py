@@ -111,3 +111,41 @@ def test_a_prepared_onnx_service_never_imports_torch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_counting_tokens_while_the_model_runs_disturbs_neither(backend: str) -> None:
+    """Admission counts tokens on the event loop and in helper threads while the inference thread embeds: the two
+    must not share a tokenizer that a call reconfigures (transformers sets padding and truncation per call)."""
+    import threading
+    import time
+
+    embedder = loader(backend).load()
+    texts = [f"event {i}: " + "word " * (i % 50) for i in range(16)]
+    expected_counts = embedder.token_counts(texts)
+    expected_vectors = embedder.embed(texts)
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def count() -> None:
+        while not stop.is_set():
+            try:
+                if embedder.token_counts(texts) != expected_counts:
+                    failures.append("counts changed")
+            except Exception as exc:
+                failures.append(f"counting raised {exc!r}")
+
+    counter = threading.Thread(target=count)
+    counter.start()
+    ends = time.monotonic() + 3
+    calls = 0
+    while time.monotonic() < ends:
+        try:
+            vectors = embedder.embed(texts)
+            assert cosines(vectors, expected_vectors).min() >= 0.99999
+        except Exception as exc:
+            failures.append(f"embedding raised {exc!r}")
+        calls += 1
+    stop.set()
+    counter.join(10)
+    assert calls > 5 and failures == []
