@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -40,7 +41,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DisconnectionError
 
-from adapters.sql_deadlines import BoundedConnector, ConnectionWatchdog, interrupt_sqlite, shutdown_socket
+from adapters.sql_deadlines import (
+    BoundedConnector,
+    ConnectionWatchdog,
+    DeadlineExceeded,
+    interrupt_sqlite,
+    shutdown_socket,
+)
 from adapters.vector_bytes import from_bytes, to_bytes
 from domain.model import CacheScope, CacheStats, Vector
 
@@ -119,7 +126,8 @@ class SqlAlchemyEmbeddingCache:
 
         @event.listens_for(engine, "checkout")
         def _on_checkout(dbapi_connection: Any, record: Any, _: Any) -> None:
-            watchdog.attach(dbapi_connection)  # from here on the deadline can abort it, the ping included
+            if not watchdog.attach(dbapi_connection):  # from here on the deadline can abort it, the ping included
+                return  # out of time already: transaction() raises, the healthy connection goes back unharmed
             if not network or record.info.pop(FRESH, False):
                 return
             try:
@@ -131,8 +139,10 @@ class SqlAlchemyEmbeddingCache:
                 raise DisconnectionError("a pooled connection failed its ping") from exc  # the pool reconnects
 
         @event.listens_for(engine, "checkin")
-        def _on_checkin(dbapi_connection: Any, _: Any) -> None:
-            watchdog.detach(dbapi_connection)
+        @event.listens_for(engine, "invalidate")
+        @event.listens_for(engine, "close")
+        def _let_go(dbapi_connection: Any, *_: Any) -> None:
+            watchdog.detach(dbapi_connection)  # back in the pool, or about to be closed: never aborted after this
 
     @property
     def engine(self) -> Engine:
@@ -141,8 +151,14 @@ class SqlAlchemyEmbeddingCache:
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """One transaction, from waiting for a connection to giving it back, within the client-side deadline."""
-        with self._watchdog.operation(), self._engine.begin() as connection:
+        with self._watchdog.operation(), self._exclusive(), self._engine.begin() as connection:
+            self._watchdog.check()
             yield connection
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Whatever a transaction must hold besides its connection (nothing here)."""
+        yield
 
     def prepare(self) -> None:
         """Bring the schema to the latest revision. Checking the revision is bounded like any statement; an upgrade
@@ -294,10 +310,24 @@ class SqliteEmbeddingCache(SqlAlchemyEmbeddingCache):
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         super().__init__(engine, timeout_s, interrupt_sqlite)
+        self._turn = threading.Lock()
 
     @property
     def path(self) -> Path:
         return self._path
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Transactions of this process take turns on an in-process lock (within the deadline) before SQLite's
+        write lock: SQLite's own busy handler polls with growing sleeps, which under many concurrent requests
+        cost more than the work and ran lookups into the deadline."""
+        left = self._watchdog.remaining()
+        if not self._turn.acquire(timeout=-1 if left is None else left):
+            raise DeadlineExceeded(f"the cache file stayed busy for {self._watchdog.timeout_s:g} s")
+        try:
+            yield
+        finally:
+            self._turn.release()
 
     def prepare(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)

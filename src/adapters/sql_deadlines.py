@@ -5,9 +5,10 @@ relay or firewall that stops forwarding, a frozen host): the client waits on a s
 gets a deadline on the client; a watchdog thread aborts the connections the operation holds when it passes (a
 socket shutdown for PostgreSQL, sqlite3's interrupt() for SQLite), so the blocked read fails at once and the caller's
 fail-safe path takes over. Connections are attached to the operation running in the current thread when the pool
-hands them out and detached when they go back, under one lock with the watchdog, so a connection another operation
-has since checked out is never aborted. New network connections are opened in a helper thread the operation waits
-for only until its deadline (libpq would otherwise wait at least 2 s, and name resolution has no bound at all).
+hands them out and detached when they go back or are closed, under one lock with the watchdog, so a connection
+another operation has since checked out, or whose socket number was reused, is never aborted. New network
+connections are opened in a helper thread the operation waits for only until its deadline (libpq would otherwise
+wait at least 2 s, and name resolution has no bound at all).
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ def interrupt_sqlite(dbapi_connection: Any) -> None:
 
 
 class ConnectionWatchdog:
-    """Deadlines for database operations, enforced by one watchdog thread started on first use."""
+    """Deadlines for database operations, enforced by one watchdog thread started on first use. Which operation
+    holds which connection is kept under the watchdog's lock: a connection is aborted only while the operation
+    whose deadline passed holds it."""
 
     def __init__(self, timeout_s: float, abort: Callable[[Any], None]) -> None:
         self._timeout_s = timeout_s
@@ -77,6 +80,7 @@ class ConnectionWatchdog:
         self._changed = threading.Condition(self._lock)
         self._heap: list[tuple[float, int, _Operation]] = []
         self._order = itertools.count()
+        self._holders: dict[int, tuple[Any, _Operation]] = {}  # id(connection) -> (connection, its operation)
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -98,12 +102,15 @@ class ConnectionWatchdog:
             yield
         except Exception as exc:
             if op.expired:
-                raise DeadlineExceeded(f"the database did not answer within {limit:g} s") from exc
+                raise DeadlineExceeded(f"the database did not answer within {op.timeout_s:g} s") from exc
             raise
         finally:
             self._local.op = outer
             with self._lock:
                 op.done = True
+                for connection in op.connections:  # e.g. invalidated ones, whose check-in named no connection
+                    self._holders.pop(id(connection), None)
+                op.connections.clear()
 
     def extend(self, timeout_s: float) -> None:
         """Give the current operation `timeout_s` from now (a schema migration may take longer than a lookup)."""
@@ -116,24 +123,33 @@ class ConnectionWatchdog:
             op.timeout_s, op.deadline = timeout_s, time.monotonic() + timeout_s
             self._schedule(op)
 
-    def attach(self, dbapi_connection: Any) -> None:
-        """The pool handed `dbapi_connection` to the current operation: abort it if the deadline passes."""
+    def attach(self, dbapi_connection: Any) -> bool:
+        """The pool handed `dbapi_connection` to the current operation: abort it if the deadline passes. False when
+        the deadline has passed already (the connection is then left alone: it is healthy, we are late)."""
         op = self._current()
         if op is None:
-            return
+            return True
         with self._lock:
             if op.expired or time.monotonic() >= op.deadline:
                 op.expired = True
-                raise DeadlineExceeded(f"no database connection within {op.timeout_s:g} s")
+                return False
             op.connections.append(dbapi_connection)
+            self._holders[id(dbapi_connection)] = (dbapi_connection, op)
+        return True
 
     def detach(self, dbapi_connection: Any) -> None:
-        op = self._current()
-        if op is None:
+        """The connection goes back to the pool, or is about to be closed: no deadline may abort it any more."""
+        if dbapi_connection is None:
             return
         with self._lock:
-            if dbapi_connection in op.connections:
+            _, op = self._holders.pop(id(dbapi_connection), (None, None))
+            if op is not None and dbapi_connection in op.connections:
                 op.connections.remove(dbapi_connection)
+
+    def check(self) -> None:
+        """Raise DeadlineExceeded when the current operation is out of time."""
+        if self.remaining() is None:
+            return
 
     def expired(self) -> bool:
         op = self._current()
@@ -147,7 +163,7 @@ class ConnectionWatchdog:
         left = op.deadline - time.monotonic()
         if op.expired or left <= 0:
             op.expired = True
-            raise DeadlineExceeded(f"no database connection within {op.timeout_s:g} s")
+            raise DeadlineExceeded(f"the database did not answer within {op.timeout_s:g} s")
         return left
 
     def close(self) -> None:
@@ -184,7 +200,10 @@ class ConnectionWatchdog:
                 heapq.heappop(self._heap)
                 op.expired = True
                 for connection in op.connections:
-                    self._abort(connection)
+                    try:
+                        self._abort(connection)
+                    except Exception:  # the watchdog must outlive any one connection (EMFILE on dup, say)
+                        log.exception("aborting a database connection failed")
                 if op.connections:
                     log.debug("aborted %d database connection(s) after %g s", len(op.connections), op.timeout_s)
 
@@ -205,7 +224,8 @@ class BoundedConnector:
         try:
             return future.result(timeout=left)
         except FutureTimeout:
-            future.add_done_callback(_close_late_arrival)
+            if not future.cancel():  # already connecting: close what it brings
+                future.add_done_callback(_close_late_arrival)
             raise DeadlineExceeded(f"no database connection within {self._watchdog.timeout_s:g} s") from None
 
     def close(self) -> None:

@@ -170,3 +170,29 @@ def test_hit_counting_reads_each_row_at_most_once_without_statistics(statistics:
             assert row_visits(cache, statement, parameters) <= rows, statement
         assert cache.hit_count(SCOPE, keys[0]) == 1
         cache.close()
+
+
+def test_sqlite_transactions_of_one_process_take_turns_instead_of_polling(tmp_path: Path) -> None:
+    """16 threads writing hit counts at once: SQLite's busy handler sleeps between polls (up to 100 ms), so with a
+    short bound some used to run out of time; taking turns on a lock, each waits only for the work ahead of it."""
+    cache = SqliteEmbeddingCache(tmp_path / "c.sqlite3", timeout_s=0.5)
+    cache.prepare()
+    keys = [os.urandom(32) for _ in range(50)]
+    cache.put(SCOPE, {key: np.ones(4, np.float32) for key in keys})
+    failures: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        for i in range(20):
+            try:
+                cache.get(SCOPE, keys[(n + i) % 50 :][:10])
+                cache.put(SCOPE, {os.urandom(32): np.ones(4, np.float32)})
+            except Exception as exc:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    cache.close()
+    assert failures == []
