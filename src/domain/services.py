@@ -114,7 +114,8 @@ class FailSafeCache:
     """The embedding cache as requests use it: a storage failure is logged and turns into a miss, never a failed
     request. Once it failed, no request touches the storage: a background probe prepares it again (a restored
     database may be empty) every `retry_after_s` until it answers, and only then do requests use it again. While the
-    storage is being prepared (at start-up, by the probe) requests go without it rather than wait."""
+    storage is being prepared (at start-up, by the probe) requests go without it rather than wait. A failure of a
+    call that began before the last recovery is stale and does not start another outage."""
 
     def __init__(
         self,
@@ -131,8 +132,10 @@ class FailSafeCache:
         self._prepare_lock = threading.Lock()
         self._prepared = False
         self._down_since: float | None = None
+        self._generation = 0  # one more after each recovery
         self._skipped = 0
         self._probe: threading.Timer | None = None
+        self._starter: threading.Thread | None = None
         self._closed = False
         self._settled = False
 
@@ -154,10 +157,30 @@ class FailSafeCache:
         """The start-up preparation has finished, one way or the other (no cache: always)."""
         return self._settled or not self.enabled
 
+    def start(self) -> None:
+        """Prepare the storage in a background thread (server start-up); until that has finished, requests go
+        without the cache instead of preparing it themselves."""
+        with self._lock:
+            if self._starter is not None:
+                return
+            self._starter = threading.Thread(target=self.prepare, name="cache-prepare", daemon=True)
+        self._starter.start()
+
     def prepare(self) -> bool:
-        """Create or migrate the storage now (start-up); False, logged, when it cannot be reached."""
+        """Create or migrate the storage now, after any preparation in progress; False, logged, when it fails."""
+        with self._lock:
+            generation = self._generation
         try:
-            return self._run("prepare", lambda: True) is not None
+            with self._prepare_lock:
+                if self._closed:
+                    return False
+                if not self._prepared:
+                    self._store.prepare()
+                    self._prepared = True
+            return True
+        except Exception as exc:
+            self._failed("prepare", exc, generation)
+            return False
         finally:
             self._settled = True
 
@@ -179,27 +202,32 @@ class FailSafeCache:
         return stats
 
     def close(self) -> None:
+        """Stop probing and close the storage, once a preparation in progress (bounded by its timeouts) is over."""
         with self._lock:
             self._closed = True
             probe, self._probe = self._probe, None
         if probe is not None:
             probe.cancel()
-        try:
-            self._store.close()
-        except Exception as exc:
-            log.warning("closing the embedding cache failed (%s)", describe_failure(exc))
+        with self._prepare_lock:
+            try:
+                self._store.close()
+            except Exception as exc:
+                log.warning("closing the embedding cache failed (%s)", describe_failure(exc))
 
     def _run(self, what: str, operation: Callable[[], T]) -> T | None:
         with self._lock:
             if self._down_since is not None:
                 self._skipped += 1
                 return None
+            if self._starter is not None and not self._settled:
+                return None  # the start-up preparation is under way
+            generation = self._generation
         try:
             if not self._ensure_prepared():
                 return None
             return operation()
         except Exception as exc:
-            self._failed(what, exc)
+            self._failed(what, exc, generation)
             return None
 
     def _ensure_prepared(self) -> bool:
@@ -216,19 +244,25 @@ class FailSafeCache:
             self._prepare_lock.release()
         return True
 
-    def _failed(self, what: str, exc: Exception) -> None:
+    def _failed(self, what: str, exc: Exception, generation: int) -> None:
         with self._lock:
-            first = self._down_since is None
-            if first:
-                self._down_since, self._skipped = self._clock(), 0
-            self._prepared = False  # the database may come back empty: the probe migrates first
-            if self._probe is None and not self._closed:
-                self._probe = threading.Timer(self._retry_after_s, self._try_again)
-                self._probe.daemon = True
-                self._probe.start()
-        level = logging.WARNING if first else logging.DEBUG
+            if generation != self._generation:  # began before the last recovery: says nothing about now
+                stale = True
+            else:
+                stale = False
+                first = self._down_since is None
+                if first:
+                    self._down_since, self._skipped = self._clock(), 0
+                self._prepared = False  # the database may come back empty: the probe migrates first
+                if self._probe is None and not self._closed:
+                    self._probe = threading.Timer(self._retry_after_s, self._try_again)
+                    self._probe.daemon = True
+                    self._probe.start()
+        if stale:
+            log.debug("embedding cache (%s) %s failed before the last recovery (%s)", self.backend, what, exc)
+            return
         log.log(
-            level,
+            logging.WARNING if first else logging.DEBUG,
             "embedding cache (%s) %s failed (%s); embedding without it, next try in %g s",
             self._store.backend,
             what,
@@ -240,20 +274,22 @@ class FailSafeCache:
         """The background probe: prepare the storage; on success requests use it again, else try later."""
         with self._lock:
             self._probe = None
-            if self._closed:
-                return
+            generation = self._generation
         try:
             with self._prepare_lock:
+                if self._closed:
+                    return
                 self._store.prepare()
                 self._prepared = True
         except Exception as exc:
-            self._failed("probe", exc)
+            self._failed("probe", exc, generation)
             return
         with self._lock:
             if self._down_since is None:
                 return
             down_for, skipped = self._clock() - self._down_since, self._skipped
             self._down_since = None
+            self._generation += 1
         log.info(
             "embedding cache (%s) is back after %.1f s; %d calls went without it meanwhile",
             self._store.backend,

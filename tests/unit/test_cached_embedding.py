@@ -254,29 +254,100 @@ class SlowToPrepareStore(SwitchableStore):
     def __init__(self) -> None:
         super().__init__()
         self.release = threading.Event()
+        self.preparing = 0  # preparations begun
 
     def prepare(self) -> None:
+        self.preparing += 1
         assert self.release.wait(10)
         super().prepare()
 
 
-def test_requests_do_not_wait_for_the_cache_to_be_prepared_and_health_does() -> None:
+def test_requests_do_not_wait_for_the_start_up_preparation_and_health_does() -> None:
     async def scenario() -> None:
         store = SlowToPrepareStore()
         service = await Service(store).start()
         health = GetHealth(service.host, service.cache)
-        preparing = asyncio.create_task(asyncio.to_thread(service.cache.prepare))
-        await asyncio.sleep(0.05)
-        assert (health.execute().status, health.execute().ready) == ("loading", False)
+        service.cache.start()  # as the server's lifespan does
         started = time.monotonic()
-        _, flags = await service.embed(["while preparing"])
+        _, flags = await service.embed(["while preparing"])  # even before the start-up thread got going
         assert flags == [False] and time.monotonic() - started < 1  # went without the cache, did not wait
+        await asyncio.sleep(0.05)
+        assert store.preparing == 1  # no request prepared (migrated) itself
+        assert (health.execute().status, health.execute().ready) == ("loading", False)
         store.release.set()
-        assert await preparing is True
+        for _ in range(100):
+            if health.execute().ready:
+                break
+            await asyncio.sleep(0.02)
         assert (health.execute().status, health.execute().ready) == ("ok", True)
         await service.embed(["after"])
         _, flags = await service.embed(["after"])
         assert flags == [True]
+        service.cache.close()
+
+    asyncio.run(scenario())
+
+
+class StallingStore(SwitchableStore):
+    """The next lookup stalls until released and then fails: a call caught in an outage that ends after the
+    recovery."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stall_next = False
+        self.stalled = threading.Event()
+        self.release = threading.Event()
+
+    def get(
+        self, scope: CacheScope, keys: Sequence[bytes], *, shared_pool: bool = False, count: bool = True
+    ) -> dict[bytes, Vector]:
+        if self.stall_next:
+            self.stall_next = False
+            self.stalled.set()
+            self.release.wait(10)
+            raise ConnectionError("connection reset")
+        return super().get(scope, keys, shared_pool=shared_pool, count=count)
+
+
+def test_a_failure_of_a_call_begun_before_the_recovery_starts_no_new_outage() -> None:
+    async def scenario() -> None:
+        store = StallingStore()
+        service = await Service(store, retry_after_s=0.05).start()
+        await service.embed(["warm"])
+        store.stall_next = True
+        stuck = asyncio.create_task(service.embed(["caught in the outage"]))
+        try:
+            await asyncio.to_thread(store.stalled.wait, 5)
+            store.down = True
+            await service.embed(["fails"])  # the outage begins
+            store.down = False
+            for _ in range(100):  # the probe brings it back
+                if service.cache.available:
+                    break
+                await asyncio.sleep(0.02)
+            assert service.cache.available
+        finally:
+            store.release.set()
+        assert (await stuck)[1] == [False]  # that request still got its vector
+        assert service.cache.available  # its late failure was stale
+        _, flags = await service.embed(["warm"])
+        assert flags == [True]
+        service.cache.close()
+
+    asyncio.run(scenario())
+
+
+def test_closing_stops_the_probe() -> None:
+    async def scenario() -> None:
+        store = SwitchableStore()
+        service = await Service(store, retry_after_s=0.05).start()
+        await service.embed(["warm"])
+        store.down = True
+        await service.embed(["fails"])
+        service.cache.close()
+        calls = store.calls
+        await asyncio.sleep(0.2)
+        assert store.calls == calls  # no probe ran after close
 
     asyncio.run(scenario())
 

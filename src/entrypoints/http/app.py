@@ -122,12 +122,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         container.host().start()
         cache = container.cache()
-        preparing = asyncio.create_task(asyncio.to_thread(cache.prepare))  # a cache that is down only logs
+        cache.start()  # prepared in the background; a cache that is down only logs
         try:
             yield
         finally:
             container.scheduler().shutdown()
-            await preparing
             await asyncio.to_thread(cache.close)
 
     docs = settings.docs_enabled  # the API description holds no data; an operator may still hide it
