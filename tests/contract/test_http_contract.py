@@ -530,7 +530,7 @@ def test_the_openapi_document_states_the_limits_the_service_enforces(client: Tes
         assert schemas[name]["properties"]["texts"]["items"]["maxLength"] == 50
     for name in ("EmbedRequest", "EmbedTextsRequest", "EmbedBatchRequest", "V1EmbedRequest", "V1EmbedBatchRequest"):
         assert schemas[name]["properties"]["model"]["minLength"] == 1
-    for name in ("EmbedRequest", "EmbedTextsRequest", "EmbedBatchRequest"):
+    for name in ("EmbedRequest", "EmbedTextsRequest", "EmbedBatchRequest", "V1EmbedRequest", "V1EmbedBatchRequest"):
         assert schemas[name]["properties"]["encoding_format"]["enum"] == ["float"]
     for body, status in [({"texts": []}, 400), ({"texts": ["x"] * 101}, 413), ({"input": "x", "model": ""}, 400)]:
         assert client.post("/embed", json=body, headers=AUTH).status_code == status
@@ -555,10 +555,26 @@ def test_a_body_in_both_dialects_is_refused(client: TestClient) -> None:
     )
 
 
-def test_the_events_dialect_checks_its_encoding_format(client: TestClient) -> None:
-    response = client.post("/embed", json={"texts": ["x"], "encoding_format": "base64"}, headers=AUTH)
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/embed", {"texts": ["x"]}), ("/v1/embed", {"text": "x"}), ("/v1/embed/batch", {"texts": ["x"]})],
+)
+def test_every_dialect_checks_its_encoding_format(client: TestClient, path: str, body: dict[str, Any]) -> None:
+    response = client.post(path, json={**body, "encoding_format": "base64"}, headers=AUTH)
     assert (response.status_code, error(response)["type"]) == (400, "unsupported_encoding_format")
-    assert client.post("/embed", json={"texts": ["x"], "encoding_format": "float"}, headers=AUTH).status_code == 200
+    assert client.post(path, json={**body, "encoding_format": "float"}, headers=AUTH).status_code == 200
+
+
+def test_validation_locations_keep_field_names_and_a_non_json_body_is_explained(client: TestClient) -> None:
+    missing = client.post("/v1/embed/batch", json={"model": "x"}, headers=AUTH)
+    assert error(missing)["problems"] == [{"location": "body.texts", "message": "Field required"}]
+    wrong = client.post("/v1/embed/batch", json={"texts": "not a list"}, headers=AUTH)
+    assert error(wrong)["problems"][0]["location"] == "body.texts"
+    form = client.post("/v1/embed", content=b"text=hello", headers={**AUTH, "content-type": "text/plain"})
+    assert (form.status_code, error(form)["problems"]) == (
+        422,
+        [{"location": "body", "message": "the body must be a JSON object, sent with 'Content-Type: application/json'"}],
+    )
 
 
 def test_api_docs_are_public_unless_turned_off(client: TestClient) -> None:

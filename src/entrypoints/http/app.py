@@ -98,19 +98,27 @@ def cache_headers(result: EmbeddingResult) -> dict[str, str]:
     return {CACHE_HITS_HEADER: str(len(hits)), CACHE_HIT_INDEXES_HEADER: ",".join(map(str, hits))}
 
 
-def _location(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
-    """Drop the dialect tag pydantic inserts for the POST /embed union: body.texts.texts.0 -> body.texts.0 (and a
-    body-wide error of the texts dialect, body.texts, -> body)."""
-    if len(loc) > 1 and loc[0] == "body" and loc[1] in DIALECT_TAGS:
+def _location(loc: tuple[int | str, ...], union: bool) -> tuple[int | str, ...]:
+    """On POST /embed (`union`), drop the dialect tag pydantic inserts: body.texts.texts.0 -> body.texts.0, and a
+    body-wide error of the texts dialect, body.texts -> body."""
+    if union and len(loc) > 1 and loc[0] == "body" and loc[1] in DIALECT_TAGS:
         return (loc[0], *loc[2:])
     return loc
 
 
-def _message(error: dict[str, Any]) -> str:
-    """pydantic's message; for a body that is not JSON, with the parser's reason (e.g. "no low surrogate in string")."""
+NOT_AN_OBJECT = ("model_attributes_type", "dict_type", "model_type")
+
+
+def _message(error: dict[str, Any], location: tuple[int | str, ...]) -> str:
+    """pydantic's message; for a body that is not JSON, with the parser's reason (e.g. "no low surrogate in string");
+    for a body that is no JSON object (sent without a JSON content type, say), what to send instead."""
     message = str(error.get("msg", ""))
     reason = (error.get("ctx") or {}).get("error")
-    return f"{message}: {reason}" if error.get("type") == "json_invalid" and reason else message
+    if error.get("type") == "json_invalid" and reason:
+        return f"{message}: {reason}"
+    if error.get("type") in NOT_AN_OBJECT and location == ("body",):
+        return "the body must be a JSON object, sent with 'Content-Type: application/json'"
+    return message
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -148,11 +156,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return domain_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [
-            {"location": ".".join(str(p) for p in _location(err.get("loc", ()))), "message": _message(err)}
-            for err in exc.errors()
-        ]
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        union = request.url.path == "/embed"
+        problems = []
+        for err in exc.errors():
+            location = _location(tuple(err.get("loc", ())), union)
+            problems.append({"location": ".".join(map(str, location)), "message": _message(err, location)})
         summary = "; ".join(f"{p['location']}: {p['message']}" for p in problems)
         return JSONResponse(error_body("invalid_request", f"invalid request body: {summary}", problems=problems), 422)
 
@@ -221,7 +230,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def v1_embed(
         body: V1EmbedRequest, caller: CallerDep, use_case: Annotated[EmbedOne, Depends(embed_one)]
     ) -> JSONResponse:
-        result = await use_case.execute(body.text, body.model, caller=caller)
+        result = await use_case.execute(body.text, body.model, body.encoding_format, caller)
         log.info("embedded 1 text (%d chars) for %s", len(body.text), caller.tenant)
         item = result.items[0]
         return VectorJSONResponse(
@@ -234,7 +243,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body: V1EmbedBatchRequest, caller: CallerDep, use_case: Annotated[EmbedBatch, Depends(embed_batch)]
     ) -> JSONResponse:
         items = [TextItem(id=None, text=text) for text in body.texts]
-        result = await use_case.execute(items, body.model, caller=caller)
+        result = await use_case.execute(items, body.model, body.encoding_format, caller)
         log.info("embedded %d texts (%d chars) for %s", len(items), sum(len(t) for t in body.texts), caller.tenant)
         return VectorJSONResponse(
             {

@@ -153,6 +153,7 @@ class V1EmbedRequest(BaseModel):
 
     text: str = Field(description="the text to embed")
     model: str | None = model_field()
+    encoding_format: str = encoding_format_field()
 
 
 class V1EmbedResponse(BaseModel):
@@ -166,6 +167,7 @@ class V1EmbedBatchRequest(BaseModel):
 
     texts: list[str] = Field(description="texts to embed, answered in the same order", json_schema_extra=NON_EMPTY)
     model: str | None = model_field()
+    encoding_format: str = encoding_format_field()
 
 
 class V1EmbedBatchResponse(BaseModel):
