@@ -45,6 +45,21 @@ def connect(port: int) -> socket.socket:
     return sock
 
 
+def post_head(path: str, *fields: str) -> bytes:
+    """A POST request line and headers, JSON content type, with `fields` ("Name: value") added."""
+    lines = [f"POST {path} HTTP/1.1", "Host: x", "Content-Type: application/json", *fields]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def exchange(port: int, data: bytes) -> bytes:
+    """Send `data` at once on a new connection, then read until the server closes it."""
+    sock = connect(port)
+    sock.sendall(data)
+    raw = read_until_closed(sock)
+    sock.close()
+    return raw
+
+
 def read_until_closed(sock: socket.socket) -> bytes:
     chunks = []
     while True:
@@ -112,11 +127,7 @@ def test_a_head_just_under_the_limit_is_served(server: tuple[str, int]) -> None:
 
 
 SLOW_HEAD = "the request line and headers took over 0.5 s."
-SLOW_BODY = (
-    b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-    + f"Authorization: Bearer {API_KEY}\r\nContent-Length: 100\r\n\r\n".encode()
-    + b'{"input": "'
-)
+SLOW_BODY = post_head("/embed", f"Authorization: Bearer {API_KEY}", "Content-Length: 100") + b'{"input": "'
 
 
 @pytest.mark.parametrize(
@@ -185,10 +196,7 @@ def test_requests_the_parser_rejects_get_a_json_400(server: tuple[str, int]) -> 
         b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: spaces\r\n\r\n",
     ):
-        sock = connect(port)
-        sock.sendall(raw)
-        status, headers, body = parse(read_until_closed(sock))
-        sock.close()
+        status, headers, body = parse(exchange(port, raw))
         assert (status, headers["content-type"]) == (400, "application/json")
         assert body == {"error": {"type": "invalid_http", "message": "malformed HTTP/1.1 request."}}
     still_serving(base)
@@ -244,10 +252,7 @@ def test_heads_over_the_limit_that_start_mid_read_are_refused(
     server: tuple[str, int], stream: bytes, expected: list[int]
 ) -> None:
     _, port = server
-    sock = connect(port)
-    sock.sendall(stream)
-    raw = read_until_closed(sock)
-    sock.close()
+    raw = exchange(port, stream)
     assert responses(raw) == expected
     assert b'"headers_too_large"' in raw
 
@@ -257,7 +262,7 @@ def test_trailers_never_become_headers(server: tuple[str, int]) -> None:
     sock = connect(port)
     body = b'{"text": "trailer auth"}'
     sock.sendall(
-        b"POST /v1/embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        post_head("/v1/embed", "Transfer-Encoding: chunked")
         + f"{len(body):x}\r\n".encode()
         + body
         + b"\r\n0\r\n"
@@ -273,9 +278,7 @@ def test_trailers_never_become_headers(server: tuple[str, int]) -> None:
 def test_endless_trailers_are_cut_off_at_the_raw_body_limit(server: tuple[str, int]) -> None:
     base, port = server
     sock = connect(port)
-    sock.sendall(
-        b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n"
-    )
+    sock.sendall(post_head("/embed", "Transfer-Encoding: chunked") + b"0\r\n")
     sent = 0
     block = (b"X-T: " + b"a" * 60000 + b"\r\n") * 16
     try:
@@ -297,16 +300,9 @@ def test_a_refusal_never_answers_an_earlier_pipelined_request(slow_server: tuple
     """A 1 s request followed by a head that never ends (0.5 s allowed): the first gets its own 200, and the 408
     comes after it (not in its place), then the connection closes."""
     _, port = slow_server
-    sock = connect(port)
     body = b'{"input": "slow"}'
-    sock.sendall(
-        b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        + f"Authorization: Bearer {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-        + body
-        + b"GET /health HT"
-    )
-    raw = read_until_closed(sock)
-    sock.close()
+    head = post_head("/embed", f"Authorization: Bearer {API_KEY}", f"Content-Length: {len(body)}")
+    raw = exchange(port, head + body + b"GET /health HT")
     assert responses(raw) == [200, 408]
     assert raw.index(b'"embedding"') < raw.index(b'"request_timeout"')
 
@@ -316,9 +312,7 @@ def test_an_early_answer_is_the_only_answer(server: tuple[str, int]) -> None:
     closes at the body limits, with no second response."""
     base, port = server
     sock = connect(port)
-    sock.sendall(
-        b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000000000\r\n\r\n"
-    )
+    sock.sendall(post_head("/embed", "Content-Length: 1000000000000"))
     started = time.monotonic()
     try:
         while time.monotonic() - started < 5:
