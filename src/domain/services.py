@@ -123,11 +123,15 @@ class FailSafeCache:
         shared_pool: bool = False,
         retry_after_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        wait_s: float = 2.0,
     ) -> None:
         self._store = store
         self._shared_pool = shared_pool
         self._retry_after_s = retry_after_s
         self._clock = clock
+        self._wait_s = wait_s
+        self._busy = 0  # calls dropped because no worker thread took them in time, since the last warning
+        self._busy_logged_at: float | None = None
         self._lock = threading.Lock()
         self._prepare_lock = threading.Lock()
         self._prepared = False
@@ -194,6 +198,51 @@ class FailSafeCache:
             return True
 
         return self._run("store", put) is not None
+
+    async def lookup_in_time(self, scope: CacheScope, keys: Sequence[bytes]) -> dict[bytes, Vector]:
+        """lookup() in a worker thread, waited for at most `wait_s` (queueing for a thread included)."""
+        found = await self._in_time("lookup", self.lookup, scope, keys)
+        return found or {}
+
+    async def save_in_time(self, scope: CacheScope, vectors: Mapping[bytes, Vector]) -> None:
+        """save() in a worker thread, waited for at most `wait_s` (queueing for a thread included)."""
+        await self._in_time("store", self.save, scope, vectors)
+
+    async def _in_time(self, what: str, call: Callable[..., T], *args: object) -> T | None:
+        """Under a burst, cache calls queue for the few worker threads behind calls of requests that will be refused
+        anyway, and a request would wait for its lookup (and its store) far past its deadline. A call no thread has
+        taken within `wait_s` is dropped (never run) and the request goes on without the cache: not a failure of
+        the storage, so no outage; a warning says how many went without, at most once a minute. A call that is
+        running is waited for: the storage bounds it (a failure there is an outage, logged as such)."""
+        began = threading.Event()
+
+        def run() -> T:
+            began.set()
+            return call(*args)
+
+        pending = asyncio.ensure_future(asyncio.to_thread(run))
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending), timeout=self._wait_s)
+        except TimeoutError:
+            if began.is_set():  # running, not queued: the storage's own timeout bounds it
+                return await pending
+            pending.cancel()  # still queued: it never runs
+            now = self._clock()
+            with self._lock:
+                self._busy += 1
+                due = self._busy_logged_at is None or now - self._busy_logged_at >= 60
+                if due:
+                    busy, self._busy, self._busy_logged_at = self._busy, 0, now
+            if due:
+                log.warning(
+                    "embedding cache (%s) %s waited over %g s for a worker thread; %d calls since the last such "
+                    "warning went without the cache",
+                    self.backend,
+                    what,
+                    self._wait_s,
+                    busy,
+                )
+            return None
 
     def stats(self, tenant: str) -> CacheStats:
         stats = self._run("stats", lambda: self._store.stats(tenant))

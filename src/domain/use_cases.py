@@ -119,13 +119,13 @@ class _EmbedTexts:
         first_text: dict[bytes, str] = {}
         for key, text in zip(keys, texts, strict=True):
             first_text.setdefault(key, text)
-        found = _well_formed(await asyncio.to_thread(self._cache.lookup, scope, list(first_text)), info)
+        found = _well_formed(await self._cache.lookup_in_time(scope, list(first_text)), info)
         missing = [key for key in first_text if key not in found]
         fresh: dict[bytes, Vector] = {}
         if missing:
             vectors = await self._scheduler.run(embedder, [first_text[key] for key in missing], arrived)
             fresh = dict(zip(missing, vectors, strict=True))
-            await asyncio.to_thread(self._cache.save, scope, fresh)
+            await self._cache.save_in_time(scope, fresh)
         return keys, {**found, **fresh}, set(found)
 
 

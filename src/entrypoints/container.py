@@ -117,6 +117,7 @@ class Container(containers.DeclarativeContainer):
         cache_store,
         shared_pool=config.cache_shared_pool,
         retry_after_s=config.cache_retry_seconds,
+        wait_s=config.cache_timeout_seconds,
     )
 
     embed_one = providers.Factory(EmbedOne, host, scheduler, limits, cache)

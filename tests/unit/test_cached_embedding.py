@@ -352,6 +352,34 @@ def test_closing_stops_the_probe() -> None:
     asyncio.run(scenario())
 
 
+class SlowLookupStore(SwitchableStore):
+    """Every lookup takes 1 s: with a burst, most of them only wait for a worker thread."""
+
+    def get(
+        self, scope: CacheScope, keys: Sequence[bytes], *, shared_pool: bool = False, count: bool = True
+    ) -> dict[bytes, Vector]:
+        time.sleep(1.0)
+        return super().get(scope, keys, shared_pool=shared_pool, count=count)
+
+
+def test_a_burst_does_not_wait_for_cache_calls_queued_behind_each_other(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        store = SlowLookupStore()
+        service = await Service(store).start()
+        service.cache = FailSafeCache(store, wait_s=0.2)
+        service.batch = EmbedBatch(service.host, domain_test_scheduler(64), Limits(1000, 100), service.cache)
+        started = time.monotonic()
+        results = await asyncio.gather(*(service.embed([f"burst {n}"]) for n in range(30)))
+        assert time.monotonic() - started < 1.5  # not 30 lookups / a handful of threads x 1 s
+        assert all(flags == [False] for _, flags in results)
+        assert service.cache.available  # a busy process is no outage of the storage
+
+    with caplog.at_level(logging.WARNING, logger="domain.services"):
+        asyncio.run(scenario())
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "lookup waited over 0.2 s for a worker thread" in warnings[0]
+
+
 def test_no_cache_reports_nothing() -> None:
     async def scenario() -> None:
         service = await Service(NoEmbeddingCache()).start()
