@@ -55,6 +55,8 @@ MIGRATIONS = Path(__file__).with_name("cache_migrations")
 VERSION_TABLE = "embedding_cache_alembic_version"
 MIGRATION_LOCK = 0x656D6263  # pg_advisory_xact_lock key: one process migrates at a time
 MIGRATION_TIMEOUT_S = 600.0  # a schema upgrade may take longer than a lookup; checking the revision may not
+MAINTENANCE_TIMEOUT_S = 60.0  # an ANALYZE in the background
+ANALYZE_AFTER_ROWS, ANALYZE_AFTER_SHARE = 1000, 0.1
 FRESH = "embedding_cache_fresh"  # in a pool record's info: connected just now, no ping needed
 
 log = logging.getLogger(__name__)
@@ -354,6 +356,43 @@ class PostgresEmbeddingCache(SqlAlchemyEmbeddingCache):
             },
         )
         super().__init__(engine, timeout_s, shutdown_socket, network=True)
+        self._grown = 0  # rows this process stored since the entries table was last analyzed
+        self._analyzed_rows = 0.0  # the planner's row count after that
+        self._analyzing = False
+        self._growth_lock = threading.Lock()
+
+    def put(self, scope: CacheScope, vectors: Mapping[bytes, Vector]) -> None:
+        super().put(scope, vectors)
+        self._grew(len(vectors))
+
+    def _grew(self, rows: int) -> None:
+        """Re-analyze the entries table as it grows, as autovacuum would (it may be off: the planner then keeps the
+        row count of the last ANALYZE, an empty table after the migration, and a lookup's index scan filters the
+        tenant's every row instead of seeking the keys): after 1000 new rows or 10% more, in a background thread."""
+        with self._growth_lock:
+            self._grown += rows
+            if self._analyzing or self._grown < max(ANALYZE_AFTER_ROWS, ANALYZE_AFTER_SHARE * self._analyzed_rows):
+                return
+            self._analyzing, self._grown = True, 0
+        threading.Thread(target=self._analyze, name="cache-analyze", daemon=True).start()
+
+    def _analyze(self) -> None:
+        try:
+            with self.transaction() as connection:
+                self._watchdog.extend(MAINTENANCE_TIMEOUT_S)
+                connection.execute(text(f"SET LOCAL statement_timeout = '{int(MAINTENANCE_TIMEOUT_S * 1000)}ms'"))
+                connection.execute(text(f"ANALYZE {entries.name}"))
+                rows = connection.execute(
+                    text("SELECT reltuples FROM pg_class WHERE oid = CAST(:table AS regclass)"), {"table": entries.name}
+                ).scalar()
+            with self._growth_lock:
+                self._analyzed_rows = float(rows or 0)
+            log.debug("analyzed %s: %.0f rows", entries.name, float(rows or 0))
+        except Exception as exc:
+            log.info("analyzing %s failed (%s); trying again after more rows", entries.name, type(exc).__name__)
+        finally:
+            with self._growth_lock:
+                self._analyzing = False
 
 
 def use_wal(dbapi_connection: Any, timeout_s: float) -> None:

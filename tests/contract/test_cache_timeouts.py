@@ -196,3 +196,39 @@ def test_sqlite_transactions_of_one_process_take_turns_instead_of_polling(tmp_pa
         thread.join(60)
     cache.close()
     assert failures == []
+
+
+def test_the_entries_table_is_analyzed_again_as_it_grows() -> None:
+    """With autovacuum off, the planner would keep the row count of the last ANALYZE (the empty table after the
+    migration), and a 100-key lookup would filter the tenant's every row: the cache re-analyzes as it grows."""
+    with postgres_database() as url:
+        cache = PostgresEmbeddingCache(url)
+        cache.prepare()
+        with cache.engine.begin() as connection:
+            connection.execute(text("ALTER TABLE embedding_cache_entries SET (autovacuum_enabled = false)"))
+        keys = [os.urandom(32) for _ in range(20_000)]
+        for start in range(0, len(keys), 500):
+            cache.put(SCOPE, {key: np.ones(4, np.float32) for key in keys[start : start + 500]})
+
+        def planned_rows() -> float:
+            with cache.engine.connect() as connection:
+                query = text("SELECT reltuples FROM pg_class WHERE relname = 'embedding_cache_entries'")
+                return float(connection.execute(query).scalar() or 0)
+
+        deadline = time.monotonic() + 10
+        while planned_rows() < 15_000:
+            assert time.monotonic() < deadline, "not analyzed"
+            time.sleep(0.1)
+        executed: list[tuple[str, Any]] = []
+
+        @event.listens_for(cache.engine, "before_cursor_execute")
+        def _record(_c: Any, _cur: Any, statement: str, parameters: Any, _ctx: Any, _many: bool) -> None:
+            executed.append((statement, parameters))
+
+        wanted = keys[5000:5100]
+        assert len(cache.get(SCOPE, wanted)) == 100
+        event.remove(cache.engine, "before_cursor_execute", _record)
+        lookups = [(s, p) for s, p in executed if "embedding_cache_entries" in s and "SELECT 1" not in s]
+        for statement, parameters in lookups:
+            assert row_visits(cache, statement, parameters) <= 3 * len(wanted), statement  # not the 20,000 rows
+        cache.close()
