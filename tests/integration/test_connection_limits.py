@@ -195,6 +195,7 @@ def test_requests_the_parser_rejects_get_a_json_400(server: tuple[str, int]) -> 
     for raw in (
         b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: spaces\r\n\r\n",
+        b"POST /embed HTTP/1.1\nHost: x\nContent-Length: 40000\n\n" + b"x" * 40000,  # bare LFs, then a long body
     ):
         status, headers, body = parse(exchange(port, raw))
         assert (status, headers["content-type"]) == (400, "application/json")

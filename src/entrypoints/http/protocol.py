@@ -36,7 +36,12 @@ from entrypoints.settings import Settings
 
 log = logging.getLogger("entrypoints.http.access")
 
-HEAD_END = b"\r\n\r\n"
+
+def head_end(window: bytes) -> int:
+    """Where the request head in `window` ends (just past its blank line), or -1. A bare-LF blank line counts too:
+    the parser rejects such a head (400), and what follows it must not be counted as head (431)."""
+    ends = [at + len(mark) for mark in (b"\r\n\r\n", b"\n\n") if (at := window.find(mark)) >= 0]
+    return min(ends, default=-1)
 
 
 @dataclass(frozen=True)
@@ -102,13 +107,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_bytes is not None:
             self._start_head_timer()  # any byte starts the clock, even a CRLF the parser skips
             window = self._tail + data
-            end = window.find(HEAD_END)
-            counted = len(data) if end < 0 else max(0, end + len(HEAD_END) - len(self._tail))
+            end = head_end(window)
+            counted = len(data) if end < 0 else max(0, end - len(self._tail))
             self._head_bytes += counted
             if self._head_bytes > self._limits.max_head_bytes:
                 self._refuse(*self._head_too_large())
                 return
-            self._tail = window[-(len(HEAD_END) - 1) :]
+            self._tail = window[-3:]
         else:
             self._body_bytes += len(data)
             if self._body_bytes > self._limits.max_raw_body_bytes:
