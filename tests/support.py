@@ -65,6 +65,15 @@ def model_dir(name: str) -> Path:
     return folder
 
 
+def run_together(*calls: tuple[Any, ...], timeout_s: float = 60) -> None:
+    """Run each (function, *args) in a thread of its own, all at once, and wait for them all."""
+    threads = [threading.Thread(target=call[0], args=call[1:]) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout_s)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from adapters.memory_cache import InMemoryEmbeddingCache, NoEmbeddingCache
 from adapters.sql_cache import PostgresEmbeddingCache, SqlAlchemyEmbeddingCache, SqliteEmbeddingCache
 from domain.model import SHARED_POOL, CacheScope, CacheStats
-from tests.support import postgres_database
+from tests.support import postgres_database, run_together
 
 Cache = InMemoryEmbeddingCache | SqliteEmbeddingCache | PostgresEmbeddingCache
 MODEL = "sentence-transformers/all-MiniLM-L6-v2@1110a243fdf4706b3f48f1d95db1a4f5529b4d41"
@@ -135,11 +134,7 @@ def test_concurrent_lookups_and_stores_of_the_same_keys(cache: Cache) -> None:
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_together(*((worker, n) for n in range(4)))
     assert errors == []
     stats = cache.stats("acme")
     assert stats.hits + stats.misses == 4 * 5 * 20

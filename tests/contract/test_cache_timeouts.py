@@ -20,7 +20,7 @@ from sqlalchemy import event, text
 from adapters.sql_cache import PostgresEmbeddingCache, SqliteEmbeddingCache
 from adapters.sql_deadlines import DeadlineExceeded
 from domain.model import CacheScope
-from tests.support import TcpProxy, postgres_database
+from tests.support import TcpProxy, postgres_database, run_together
 
 SCOPE = CacheScope("acme", "model@rev", "variant")
 TIMEOUT_S = 1.0
@@ -91,13 +91,7 @@ def test_waiting_for_a_pooled_connection_is_bounded_too() -> None:
         cache.stats("acme")
         proxy.blackhole()
         results: list[tuple[float, BaseException | None]] = []
-        threads = [
-            threading.Thread(target=lambda: results.append(timed(lambda: cache.stats("acme")))) for _ in range(4)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
+        run_together(*[(lambda: results.append(timed(lambda: cache.stats("acme"))),)] * 4, timeout_s=30)
         assert len(results) == 4
         for elapsed, error in results:
             assert isinstance(error, DeadlineExceeded), error
@@ -189,11 +183,7 @@ def test_sqlite_transactions_of_one_process_take_turns_instead_of_polling(tmp_pa
             except Exception as exc:
                 failures.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    run_together(*((worker, n) for n in range(16)))
     cache.close()
     assert failures == []
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
@@ -19,7 +18,7 @@ from adapters.fake_embedder import FakeEmbedderLoader
 from domain.model import KNOWN_MODELS
 from entrypoints.http.app import create_app
 from entrypoints.http.protocol import ConnectionLimits
-from tests.support import API_KEY, fake_settings, uvicorn_app
+from tests.support import API_KEY, fake_settings, run_together, uvicorn_app
 
 LIMITS = ConnectionLimits(max_head_bytes=16384, head_timeout_s=0.5, body_timeout_s=0.5)
 
@@ -178,11 +177,7 @@ def test_slow_clients_do_not_hold_connections(server: tuple[str, int]) -> None:
 
     head = (b"", b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
     body = (b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n", b"x" * 40)
-    threads = [threading.Thread(target=trickle, args=request) for request in [head] * 3 + [body] * 3]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    run_together(*((trickle, *request) for request in [head] * 3 + [body] * 3), timeout_s=30)
     assert len(outcomes) == 6
     assert max(elapsed for elapsed, _ in outcomes) < 3  # 0.5 s and this machine's noise, not the trickle's 6-8 s
     messages = sorted(parse(raw)[2]["error"]["message"] for _, raw in outcomes)  # type: ignore[index]
