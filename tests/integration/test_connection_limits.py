@@ -125,6 +125,13 @@ def test_a_head_just_under_the_limit_is_served(server: tuple[str, int]) -> None:
     assert response.status_code == 200
 
 
+PAYLOAD_TOO_LARGE = {
+    "error": {
+        "type": "payload_too_large",
+        "message": "request body exceeds 1048576 bytes; send fewer or shorter inputs per request.",
+        "limit_bytes": 1048576,
+    }
+}
 SLOW_HEAD = "the request line and headers took over 0.5 s."
 SLOW_BODY = post_head("/embed", f"Authorization: Bearer {API_KEY}", "Content-Length: 100") + b'{"input": "'
 
@@ -286,6 +293,7 @@ def test_endless_trailers_are_cut_off_at_the_raw_body_limit(server: tuple[str, i
     raw = read_until_closed(sock)
     sock.close()
     assert responses(raw) == [413]
+    assert parse(raw)[2] == PAYLOAD_TOO_LARGE  # the body the app answers for a body over MAX_BODY_BYTES
     # cut off (413, then closed) at 2 x 1 MiB of body plus 16 KiB of trailers, before the 64 MiB offered were all
     # sent; how much the client got out first depends on the kernel's socket buffers (up to 32 MiB here)
     assert sent < 64 * 1024 * 1024

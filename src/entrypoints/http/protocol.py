@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from domain.errors import PayloadTooLarge
 from entrypoints.http.errors import error_body
 from entrypoints.settings import Settings
 
@@ -89,7 +90,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._refusal: tuple[int, str, str] | None = None  # decided inside a parser callback, sent after it
-        self._deferred: tuple[int, str, str] | None = None  # waiting for an earlier pipelined answer to go out
+        self._deferred: tuple[int, str, str, dict[str, object]] | None = None  # until an earlier answer is out
 
     # --- connection -------------------------------------------------------------------------------------------
 
@@ -117,9 +118,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self._body_bytes += len(data)
             if self._body_bytes > self._limits.max_raw_body_bytes:
-                limit = self._limits.max_body_bytes
-                message = f"request body exceeds {limit} bytes; send fewer or shorter inputs per request."
-                self._refuse(413, "payload_too_large", message)
+                too_large = PayloadTooLarge(self._limits.max_body_bytes)  # the body the app would answer
+                self._refuse(413, "payload_too_large", too_large.message, **too_large.details)
                 return
         super().data_received(data)
 
@@ -130,8 +130,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self._deferred is not None:
-            refusal, self._deferred = self._deferred, None
-            self._refuse(*refusal)
+            (status, kind, message, details), self._deferred = self._deferred, None
+            self._refuse(status, kind, message, **details)
         elif self._head_bytes is not None and self._head_timer is not None:
             self._unset_keepalive_if_required()  # a next request's head is arriving: the head timer rules
 
@@ -183,7 +183,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_timer = None
         self._refuse(408, "request_timeout", f"the request body took over {self._limits.body_timeout_s:g} s.")
 
-    def _refuse(self, status: int, kind: str, message: str) -> None:
+    def _refuse(self, status: int, kind: str, message: str, **details: object) -> None:
         """Refuse the request being read: answer with a JSON error and close the connection, except where that
         would garble another answer (see the module docstring)."""
         if self.transport.is_closing():
@@ -192,7 +192,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         pending = cycle is not None and not cycle.response_complete
         if pending and self._head_bytes is not None:  # an earlier request is still being answered
-            self._deferred = (status, kind, message)  # sent, and the connection closed, once that answer is out
+            self._deferred = (status, kind, message, details)  # sent, and the connection closed, once that is out
             self.flow.pause_reading()
             return
         if cycle is not None and self._head_bytes is None:  # the request whose body is being read
@@ -202,7 +202,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 return
             cycle.disconnected = True  # the app sees the client gone: its receive() ends, its sends are dropped
             cycle.message_event.set()
-        body = orjson.dumps(error_body(kind, message))
+        body = orjson.dumps(error_body(kind, message, **details))
         head = [STATUS_LINE[status]]
         head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
         head += [
