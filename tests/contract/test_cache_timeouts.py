@@ -222,3 +222,15 @@ def test_the_entries_table_is_analyzed_again_as_it_grows() -> None:
         for statement, parameters in lookups:
             assert row_visits(cache, statement, parameters) <= 3 * len(wanted), statement  # not the 20,000 rows
         cache.close()
+
+
+def test_tables_are_analyzed_right_after_a_migration() -> None:
+    with postgres_database() as url:
+        cache = PostgresEmbeddingCache(url)
+        cache.prepare()
+        with cache.engine.connect() as connection:
+            query = "SELECT relname, last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = ANY(:names)"
+            names = ["embedding_cache_entries", "embedding_cache_counters"]
+            analyzed = connection.execute(text(query), {"names": names}).all()
+        cache.close()
+    assert dict(analyzed) == {"embedding_cache_entries": True, "embedding_cache_counters": True}
