@@ -176,12 +176,7 @@ class FailSafeCache:
             generation = self._generation
         try:
             with self._prepare_lock:
-                if self._closed:
-                    return False
-                if not self._prepared:
-                    self._store.prepare()
-                    self._prepared = True
-            return True
+                return self._prepare_held()
         except Exception as exc:
             self._failed("prepare", exc, generation)
             return False
@@ -286,11 +281,17 @@ class FailSafeCache:
         if not self._prepare_lock.acquire(blocking=False):
             return False
         try:
-            if not self._prepared:
-                self._store.prepare()
-                self._prepared = True
+            return self._prepare_held()
         finally:
             self._prepare_lock.release()
+
+    def _prepare_held(self) -> bool:
+        """With the prepare lock held: prepare the storage unless it is prepared; False once the cache is closed."""
+        if self._closed:
+            return False
+        if not self._prepared:
+            self._store.prepare()
+            self._prepared = True
         return True
 
     def _failed(self, what: str, exc: Exception, generation: int) -> None:
@@ -326,10 +327,8 @@ class FailSafeCache:
             generation = self._generation
         try:
             with self._prepare_lock:
-                if self._closed:
+                if not self._prepare_held():  # after a failure nothing counts as prepared: this prepares
                     return
-                self._store.prepare()
-                self._prepared = True
         except Exception as exc:
             self._failed("probe", exc, generation)
             return
