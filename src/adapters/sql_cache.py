@@ -174,16 +174,22 @@ class SqlAlchemyEmbeddingCache:
             current = context.get_current_revision()
             if current == head:
                 return
-            self._watchdog.extend(MIGRATION_TIMEOUT_S)
-            if postgres:
-                limit = f"{int(MIGRATION_TIMEOUT_S * 1000)}ms"
-                connection.execute(text(f"SET LOCAL statement_timeout = '{limit}'"))
-                connection.execute(text(f"SET LOCAL lock_timeout = '{limit}'"))
+            self._allow(connection, MIGRATION_TIMEOUT_S, lock_waits=True)
             started = time.monotonic()
             command.upgrade(alembic_config(connection), "head")
             for table in metadata.sorted_tables:
                 connection.execute(text(f"ANALYZE {table.name}"))
             log.info("cache schema upgraded from %s to %s in %.1f s", current, head, time.monotonic() - started)
+
+    def _allow(self, connection: Connection, seconds: float, *, lock_waits: bool = False) -> None:
+        """Give the current transaction `seconds` from now, on the client and (PostgreSQL) for its statements and,
+        with `lock_waits`, its lock waits on the server: maintenance that may take longer than a lookup."""
+        self._watchdog.extend(seconds)
+        if connection.dialect.name == "postgresql":
+            limit = f"'{int(seconds * 1000)}ms'"
+            connection.execute(text(f"SET LOCAL statement_timeout = {limit}"))
+            if lock_waits:
+                connection.execute(text(f"SET LOCAL lock_timeout = {limit}"))
 
     def get(
         self, scope: CacheScope, keys: Sequence[bytes], *, shared_pool: bool = False, count: bool = True
@@ -379,8 +385,7 @@ class PostgresEmbeddingCache(SqlAlchemyEmbeddingCache):
     def _analyze(self) -> None:
         try:
             with self.transaction() as connection:
-                self._watchdog.extend(MAINTENANCE_TIMEOUT_S)
-                connection.execute(text(f"SET LOCAL statement_timeout = '{int(MAINTENANCE_TIMEOUT_S * 1000)}ms'"))
+                self._allow(connection, MAINTENANCE_TIMEOUT_S)  # another replica analyzing: give up, not wait
                 connection.execute(text(f"ANALYZE {entries.name}"))
                 rows = connection.execute(
                     text("SELECT reltuples FROM pg_class WHERE oid = CAST(:table AS regclass)"), {"table": entries.name}
