@@ -201,12 +201,11 @@ class DynamicBatchingScheduler:
             log.debug(
                 "refused %d tokens behind %d at %.0f tokens/s: %.1f s > %.1f s", tokens, ahead, rate, finish_s, budget_s
             )
-            raise Overloaded(retry_after_s=int(min(60, max(1, math.ceil(finish_s - budget_s)))))
+            raise Overloaded(retry_after_s=_whole_seconds(finish_s - budget_s))
 
     def _retry_after(self, queued_tokens: int) -> int:
         rate = self._throughput.tokens_per_s * self._max_workers
-        estimate = queued_tokens / rate if rate > 0 else self._timeout_s / 2
-        return int(min(60, max(1, math.ceil(estimate))))
+        return _whole_seconds(queued_tokens / rate if rate > 0 else self._timeout_s / 2)
 
     def _start(self) -> None:
         if self._threads:
@@ -339,6 +338,11 @@ class DynamicBatchingScheduler:
 
 
 INLINE_COUNT_CHARS = 4096  # tokenizing more than this goes to a thread (32 texts of 300 words take ~15 ms here)
+
+
+def _whole_seconds(seconds: float) -> int:
+    """A Retry-After value: whole seconds, 1 to 60."""
+    return int(min(60, max(1, math.ceil(seconds))))
 
 
 def _fewest_tokens(texts: Sequence[str], max_seq_length: int) -> int:
