@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class DomainError(Exception):
     """Base of every error the domain raises on purpose; `message` is safe to show to a caller."""
@@ -74,8 +76,62 @@ class UnsupportedEncodingFormat(DomainError):
 
 
 class Unauthenticated(DomainError):
+    def __init__(self, message: str = "missing or invalid API key; send 'Authorization: Bearer <key>'.") -> None:
+        super().__init__(message)
+
+
+class InvalidCredentials(Unauthenticated):
+    """Login with a wrong password or an unknown email: one answer for both."""
+
     def __init__(self) -> None:
-        super().__init__("missing or invalid API key; send 'Authorization: Bearer <key>'.")
+        super().__init__("invalid email or password.")
+
+
+class SessionRequired(Unauthenticated):
+    """An account route called without a valid session token (an API key is not one)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "missing, invalid or expired session token; send 'Authorization: Bearer <token>' with a token from "
+            "POST /v1/auth/login."
+        )
+
+
+class EmailTaken(DomainError):
+    def __init__(self) -> None:
+        super().__init__("an account with this email already exists; log in instead.")
+
+
+class SignupClosed(DomainError):
+    def __init__(self) -> None:
+        super().__init__("signup is closed on this service; ask its operator for an account.")
+
+
+class UnknownAccount(DomainError):
+    def __init__(self, email: str) -> None:
+        super().__init__(f"no account with email {email!r}.")
+
+
+class KeyNotFound(DomainError):
+    """Never echoes what was sent: a caller may paste a whole key where a prefix belongs."""
+
+    def __init__(self) -> None:
+        super().__init__("this account has no API key with that prefix; GET /v1/keys lists them.")
+
+
+class RateLimited(DomainError):
+    """A limit of the caller's tier would be exceeded: the request was refused whole and consumed nothing."""
+
+    def __init__(
+        self, message: str, retry_after_s: int, limit: int, window: str, reset_at: str, admission: Any = None
+    ) -> None:
+        super().__init__(message)
+        self.retry_after_s, self.limit, self.window, self.reset_at = retry_after_s, limit, window, reset_at
+        self.admission = admission  # the windows' states (domain.model.Admission), for rate-limit headers
+
+    @property
+    def details(self) -> dict[str, object]:
+        return {"limit": self.limit, "window": self.window, "reset_at": self.reset_at}
 
 
 class ModelNotReady(DomainError):
@@ -106,6 +162,13 @@ class CacheUnavailable(DomainError):
 
     def __init__(self) -> None:
         super().__init__("the embedding cache is unavailable; embeddings are still served, retry stats later.")
+
+
+class AccountsUnavailable(DomainError):
+    """The database holding accounts, keys and usage cannot be reached; the cause is logged, never shown."""
+
+    def __init__(self) -> None:
+        super().__init__("the account database is unavailable; retry shortly.")
 
 
 class ModelIntegrityError(DomainError):

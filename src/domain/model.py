@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import date, datetime
+from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
@@ -102,11 +104,112 @@ class EmbeddedItem:
     cached: bool = False
 
 
-@dataclass(frozen=True)
-class Caller:
-    """Who sent a request, as authentication established it; cache entries and counters belong to the tenant."""
+class Tier(StrEnum):
+    FREE = "free"
+    PAID = "paid"
 
+
+@dataclass(frozen=True, kw_only=True)
+class Caller:
+    """Who sent a request, as authentication established it; cache entries and counters belong to the tenant.
+
+    An account's API key gives its account id, key id and tier (its tenant is the account id). A static key from the
+    settings (PEOPLEPAD_CLIENT_KEY, EMBEDDING_API_KEY, TENANT_API_KEYS) gives only a tenant: no quota, no ledger."""
+
+    account_id: str | None = None
+    key_id: str | None = None
+    tier: Tier | None = None
     tenant: str
+
+    @property
+    def metered(self) -> bool:
+        return self.account_id is not None and self.tier is not None
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str  # usr_...
+    email: str  # lowercase
+    password_hash: str
+    tier: Tier
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A stored key: never the key itself, only its SHA-256 and its display prefix."""
+
+    id: str  # key_...
+    account_id: str
+    prefix: str
+    digest: bytes
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """What one account did with one model on one UTC day (or in one request, before it is added up)."""
+
+    account_id: str
+    day: date
+    model: str
+    requests: int = 0
+    texts: int = 0
+    tokens: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    compute_ms: float = 0.0
+
+    def plus(self, other: UsageRecord) -> UsageRecord:
+        return UsageRecord(
+            self.account_id,
+            self.day,
+            self.model,
+            self.requests + other.requests,
+            self.texts + other.texts,
+            self.tokens + other.tokens,
+            self.cache_hits + other.cache_hits,
+            self.cache_misses + other.cache_misses,
+            self.compute_ms + other.compute_ms,
+        )
+
+
+@dataclass(frozen=True)
+class Charge:
+    """`cost` units against a counter `key` that allows `limit` units per fixed window of `window_s` seconds (windows
+    start at multiples of `window_s` since the epoch: a day window starts at 00:00 UTC)."""
+
+    name: str  # what the window is called in headers and messages: "day", "minute"
+    key: str
+    limit: int
+    window_s: int
+    cost: int
+
+
+@dataclass(frozen=True)
+class WindowState:
+    charge: Charge
+    used: int  # after this request (or, when refused, before it)
+    reset_s: float  # seconds until the window ends
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.charge.limit - self.used)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What a rate limiter answered: every window's state; `refused` names the first window the charge would exceed
+    (then nothing was consumed)."""
+
+    windows: tuple[WindowState, ...]
+    refused: WindowState | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.refused is None
 
 
 # The tenant name of the shared public pool (filled by `embedding-service cache seed --shared`); no caller has it.

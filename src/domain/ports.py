@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import date, datetime
 from pathlib import Path
 from typing import Protocol
 
-from domain.model import CacheScope, CacheStats, ModelInfo, ModelSpec, Vector, Vectors
+from domain.model import (
+    Account,
+    Admission,
+    ApiKey,
+    CacheScope,
+    CacheStats,
+    Charge,
+    ModelInfo,
+    ModelSpec,
+    Tier,
+    UsageRecord,
+    Vector,
+    Vectors,
+)
 
 
 class Embedder(Protocol):
@@ -82,3 +96,133 @@ class EmbeddingCache(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class RequestCache(Protocol):
+    """The embedding cache as requests use it: never fails a request (a storage failure is a miss), and gives up on
+    a call that cannot start within its bound."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    @property
+    def backend(self) -> str: ...
+
+    @property
+    def settled(self) -> bool:
+        """The start-up preparation has run (whether the storage answered or not)."""
+        ...
+
+    def start(self) -> None: ...
+
+    async def lookup_in_time(self, scope: CacheScope, keys: Sequence[bytes]) -> dict[bytes, Vector]:
+        """The tenant's own entries, then (when the shared pool is read) the shared pool's."""
+        ...
+
+    async def save_in_time(self, scope: CacheScope, vectors: Mapping[bytes, Vector]) -> None: ...
+
+    def stats(self, tenant: str) -> CacheStats:
+        """Raises CacheUnavailable when the storage cannot answer."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class AccountStore(Protocol):
+    """Accounts of the hosted mode. `add` stores the account and its first key in one transaction."""
+
+    def add(self, account: Account, first_key: ApiKey) -> None:
+        """Raises EmailTaken when the email has an account."""
+        ...
+
+    def by_email(self, email: str) -> Account | None: ...
+
+    def by_id(self, account_id: str) -> Account | None: ...
+
+    def set_tier(self, email: str, tier: Tier) -> Account:
+        """Raises UnknownAccount."""
+        ...
+
+    def list(self) -> list[Account]: ...
+
+
+class ApiKeyStore(Protocol):
+    """API keys by SHA-256 digest (indexed); a key is never stored itself."""
+
+    def add(self, key: ApiKey) -> None: ...
+
+    def find(self, digest: bytes) -> tuple[ApiKey, Account] | None:
+        """The key with this digest and its account, revoked or not."""
+        ...
+
+    def list(self, account_id: str) -> list[ApiKey]: ...
+
+    def revoke(self, account_id: str, prefix: str, at: datetime) -> bool:
+        """Revoke the account's key with this prefix; False when it has none (revoking twice is True)."""
+        ...
+
+    def touch(self, last_used: Mapping[str, datetime]) -> None:
+        """Record when keys (by id) were last used, in one statement batch."""
+        ...
+
+
+class UsageLedger(Protocol):
+    """Usage per account, UTC day and model."""
+
+    def add(self, records: Sequence[UsageRecord]) -> None:
+        """Add the records' counts to the stored rows, all or none."""
+        ...
+
+    def read(self, account_id: str, since: date) -> list[UsageRecord]: ...
+
+
+class UsageRecorder(Protocol):
+    """Usage and key activity as requests report them: buffered, written in the background, flushed on close."""
+
+    def record(self, usage: UsageRecord) -> None: ...
+
+    def touch(self, key_id: str, at: datetime) -> None:
+        """The key was used now (written with the next flush: no database write per request)."""
+        ...
+
+    def read(self, account_id: str, since: date) -> list[UsageRecord]:
+        """Stored rows plus what is still buffered."""
+        ...
+
+    def last_used(self, key_id: str) -> datetime | None:
+        """A buffered use of the key not yet written, if any."""
+        ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class RateLimiter(Protocol):
+    """Fixed-window counters shared by every process that uses the same store. `hit` is atomic: either every charge
+    fits its window and all are consumed, or nothing is consumed."""
+
+    def hit(self, charges: Sequence[Charge], now: float) -> Admission: ...
+
+    def refund(self, charges: Sequence[Charge], now: float) -> None:
+        """Give back what `hit(charges, now)` consumed (for a request that then failed)."""
+        ...
+
+
+class PasswordHasher(Protocol):
+    def hash(self, password: str) -> str: ...
+
+    def verify(self, password: str, hashed: str) -> bool: ...
+
+
+class TokenIssuer(Protocol):
+    """Signed, expiring session tokens for the account routes."""
+
+    @property
+    def expires_in(self) -> int: ...
+
+    def issue(self, account_id: str) -> str: ...
+
+    def subject(self, token: str) -> str | None:
+        """The account id of a valid, unexpired token; None for anything else."""
+        ...

@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+from adapters.resilience import describe_failure
 from domain.errors import DomainError
 from domain.model import KNOWN_MODELS, SHARED_POOL, resolve_model
 from domain.ports import EmbeddingCache
-from domain.services import describe_failure
 from entrypoints.container import build_container
 from entrypoints.settings import LOG_DATEFMT, LOG_FORMAT, ConfigurationError, Settings, check_startup, configure_logging
 

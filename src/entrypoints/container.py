@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, TypeVar
 
 from dependency_injector import containers, providers
 
@@ -15,20 +16,37 @@ from adapters.model_provisioning import (
     PyPIModelSource,
     VerifiedModelProvisioner,
 )
+from adapters.rate_limiting import FailoverRateLimiter, InMemoryRateLimiter
+from adapters.resilience import FailSafeCache
 from adapters.sentence_transformer_loader import SentenceTransformerLoader
-from domain.model import Limits, resolve_model
-from domain.ports import EmbeddingCache
-from domain.services import FailSafeCache, ModelHost
+from adapters.usage_buffer import BufferedUsageRecorder, NoUsageRecorder
+from domain.model import Limits, Tier, resolve_model
+from domain.ports import AccountStore, ApiKeyStore, EmbeddingCache, RateLimiter, UsageLedger
+from domain.services import ModelHost
 from domain.use_cases import (
+    AuthenticateAccount,
     AuthenticateCaller,
+    CreateKey,
     EmbedBatch,
     EmbedOne,
     GetCacheStats,
     GetHealth,
     GetMetadata,
+    GetUsage,
+    ListAccounts,
+    ListKeys,
+    LogIn,
+    LoginThrottle,
+    MeterRequests,
+    RevokeKey,
     SeedCache,
+    SetTier,
+    SignUp,
+    TierLimits,
 )
 from entrypoints.settings import Settings
+
+T = TypeVar("T")
 
 
 def model_sources(offline: bool, endpoint: str | None, token: str | None) -> list[ModelSource]:
@@ -41,19 +59,63 @@ def secret(value: object) -> str | None:
     return getter() if getter else (str(value) if value else None)
 
 
-SQLITE_FILE = "embedding-cache.sqlite3"
+# SQLAlchemy, Alembic, psycopg, redis, bcrypt and PyJWT load only when a database, Redis or accounts are used.
+
+
+def sql_database(kind: str, url: str, timeout_s: float) -> Any:
+    from adapters.sql.database import PostgresDatabase, SqliteDatabase
+
+    return PostgresDatabase(url, timeout_s=timeout_s) if kind == "postgres" else SqliteDatabase(Path(url), timeout_s)
+
+
+def shared_sql_cache(database: Any, accounts: str) -> EmbeddingCache:
+    """The cache in the service's database; it closes the database unless accounts (hosted mode) use it too."""
+    from adapters.sql.cache import SqlEmbeddingCache
+
+    return SqlEmbeddingCache(database, owns_database=accounts == "none")
 
 
 def sqlite_cache(data_dir: str | Path, timeout_s: float) -> EmbeddingCache:
-    from adapters.sql_cache import SqliteEmbeddingCache  # SQLAlchemy and Alembic load only when a SQL cache is used
+    from adapters.sql.cache import SqliteEmbeddingCache
+    from entrypoints.settings import SQLITE_FILE
 
     return SqliteEmbeddingCache(Path(data_dir) / SQLITE_FILE, timeout_s=timeout_s)
 
 
 def postgres_cache(url: str, timeout_s: float) -> EmbeddingCache:
-    from adapters.sql_cache import PostgresEmbeddingCache
+    from adapters.sql.cache import PostgresEmbeddingCache
 
     return PostgresEmbeddingCache(url, timeout_s=timeout_s)
+
+
+def sql_stores(database: Any) -> tuple[AccountStore, ApiKeyStore, UsageLedger]:
+    from adapters.sql.accounts import SqlAccountStore, SqlApiKeyStore, SqlUsageLedger
+
+    return SqlAccountStore(database), SqlApiKeyStore(database), SqlUsageLedger(database)
+
+
+def rate_limiter(url: str | None, retry_after_s: float) -> RateLimiter:
+    if not url:
+        return InMemoryRateLimiter()
+    from adapters.rate_limiting import RedisRateLimiter
+
+    return FailoverRateLimiter(RedisRateLimiter.from_url(url), InMemoryRateLimiter(), retry_after_s=retry_after_s)
+
+
+def password_hasher(rounds: int) -> Any:
+    from adapters.security import BcryptPasswordHasher
+
+    return BcryptPasswordHasher(rounds)
+
+
+def token_issuer(secret: str, expires_in: int) -> Any:
+    from adapters.security import JwtTokenIssuer
+
+    return JwtTokenIssuer(secret, expires_in)
+
+
+def tier_limits(free_day: int, free_minute: int, paid_day: int, paid_minute: int) -> dict[Tier, TierLimits]:
+    return {Tier.FREE: TierLimits(free_day, free_minute), Tier.PAID: TierLimits(paid_day, paid_minute)}
 
 
 class Container(containers.DeclarativeContainer):
@@ -103,14 +165,17 @@ class Container(containers.DeclarativeContainer):
     )
     limits = providers.Singleton(Limits, max_input_length=config.max_input_length, max_batch_size=config.max_batch_size)
 
+    database = providers.Singleton(
+        sql_database, config.database.kind, config.database.url, timeout_s=config.cache_timeout_seconds
+    )
+
     cache_store = providers.Selector(
-        config.cache_backend,
+        config.database.cache,
         none=providers.Singleton(NoEmbeddingCache),
         memory=providers.Singleton(InMemoryEmbeddingCache, max_entries=config.cache_max_entries),
+        shared=providers.Singleton(shared_sql_cache, database, config.accounts),
         sqlite=providers.Singleton(sqlite_cache, config.data_dir, timeout_s=config.cache_timeout_seconds),
-        postgres=providers.Singleton(
-            postgres_cache, providers.Callable(secret, config.cache_url), timeout_s=config.cache_timeout_seconds
-        ),
+        postgres=providers.Singleton(postgres_cache, config.database.cache_url, timeout_s=config.cache_timeout_seconds),
     )
     cache = providers.Singleton(
         FailSafeCache,
@@ -120,16 +185,96 @@ class Container(containers.DeclarativeContainer):
         wait_s=config.cache_timeout_seconds,
     )
 
-    embed_one = providers.Factory(EmbedOne, host, scheduler, limits, cache)
-    embed_batch = providers.Factory(EmbedBatch, host, scheduler, limits, cache)
+    stores = providers.Singleton(sql_stores, database)
+    accounts = providers.Callable(lambda stores: stores[0], stores)
+    api_keys = providers.Callable(lambda stores: stores[1], stores)
+    usage = providers.Selector(
+        config.accounts,
+        none=providers.Singleton(NoUsageRecorder),
+        sql=providers.Singleton(
+            BufferedUsageRecorder,
+            providers.Callable(lambda stores: stores[2], stores),
+            api_keys,
+            flush_s=config.usage_flush_seconds,
+        ),
+    )
+    limiter = providers.Singleton(
+        rate_limiter, providers.Callable(secret, config.redis_url), retry_after_s=config.cache_retry_seconds
+    )
+    hasher = providers.Singleton(password_hasher, config.bcrypt_rounds)
+    tokens = providers.Singleton(
+        token_issuer, providers.Callable(secret, config.jwt_secret), expires_in=config.jwt_expiry_seconds
+    )
+    tiers = providers.Singleton(
+        tier_limits,
+        config.free_tier_daily_limit,
+        config.free_tier_per_minute,
+        config.paid_tier_daily_limit,
+        config.paid_tier_per_minute,
+    )
+
+    embed_one = providers.Factory(EmbedOne, host, scheduler, limits, cache, usage)
+    embed_batch = providers.Factory(EmbedBatch, host, scheduler, limits, cache, usage)
     get_health = providers.Factory(GetHealth, host, cache)
     get_metadata = providers.Factory(GetMetadata, host, limits)
     get_cache_stats = providers.Factory(GetCacheStats, cache)
     seed_cache = providers.Factory(SeedCache, loader, cache_store, limits)
-    authenticate = providers.Singleton(AuthenticateCaller, config.tenant_keys)
+    authenticate = providers.Selector(
+        config.accounts,
+        none=providers.Singleton(AuthenticateCaller, config.tenant_keys),
+        sql=providers.Singleton(AuthenticateCaller, config.tenant_keys, api_keys, usage),
+    )
+    meter_requests = providers.Singleton(MeterRequests, limiter, tiers)
+    get_usage = providers.Factory(GetUsage, usage)
+    sign_up = providers.Factory(SignUp, accounts, hasher, config.signup_enabled)
+    log_in = providers.Factory(
+        LogIn,
+        accounts,
+        hasher,
+        tokens,
+        limiter,
+        providers.Callable(lambda hasher: hasher.dummy_hash, hasher),
+        providers.Factory(LoginThrottle, config.login_max_failures, config.login_failure_window_seconds),
+    )
+    authenticate_account = providers.Factory(AuthenticateAccount, tokens, accounts)
+    create_key = providers.Factory(CreateKey, api_keys)
+    list_keys = providers.Factory(ListKeys, api_keys, usage)
+    revoke_key = providers.Factory(RevokeKey, api_keys)
+    set_tier = providers.Factory(SetTier, accounts)
+    list_accounts = providers.Factory(ListAccounts, accounts)
+
+
+_PROVIDER_OF: dict[type, str] = {}
+
+
+def use_case(container: Container, kind: type[T]) -> T:
+    """The use case of this class, from the one provider that builds it (dependency-injector resolves its ports):
+    one generic getter instead of one per use case."""
+    name = _PROVIDER_OF.get(kind)
+    if name is None:
+        name = _PROVIDER_OF[kind] = _provider_name(kind)
+    built: T = getattr(container, name)()
+    return built
+
+
+def _provider_name(kind: type) -> str:
+    for name, provider in Container.cls_providers.items():
+        options = getattr(provider, "providers", None) if isinstance(provider, providers.Selector) else None
+        candidates = [provider, *(options.values() if options else [])]
+        if any(getattr(candidate, "provides", None) is kind for candidate in candidates):
+            return name
+    raise LookupError(f"no provider builds {kind.__name__}")
 
 
 def build_container(settings: Settings) -> Container:
     container = Container()
-    container.config.from_dict({**settings.model_dump(), "tenant_keys": settings.tenant_keys()})
+    plan = settings.database()
+    container.config.from_dict(
+        {
+            **settings.model_dump(),
+            "tenant_keys": settings.tenant_keys(),
+            "database": {"kind": plan.kind, "url": plan.url, "cache": plan.cache, "cache_url": plan.cache_url},
+            "accounts": "sql" if settings.hosted else "none",
+        }
+    )
     return container

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -60,15 +61,42 @@ class Settings(BaseSettings):
     allow_unauthenticated: bool = False
     docs_enabled: bool = Field(True, description="serve /openapi.json, /docs and /redoc (without a key)")
 
-    cache_backend: Literal["none", "memory", "sqlite", "postgres"] = Field(
-        "none", description="embedding cache: none, memory (bounded LRU), sqlite (file in DATA_DIR), postgres"
+    hosted: bool = Field(False, description="hosted mode: accounts, API keys, tiers, quotas and usage under /v1")
+    database_url: SecretStr | None = Field(
+        None, description="postgresql://user:password@host:5432/db; unset: SQLite file in DATA_DIR"
     )
-    data_dir: Path = Field(Path("./data"), description="where the sqlite cache file lives")
-    cache_url: SecretStr | None = Field(None, description="postgres: postgresql://user:password@host:5432/db")
+    cache_backend: Literal["none", "memory", "sqlite", "postgres"] | None = Field(
+        None,
+        description="embedding cache: none, memory (bounded LRU), sqlite (file in DATA_DIR), postgres; unset: none, "
+        "or in hosted mode the service's database (DATABASE_URL, else SQLite)",
+    )
+    data_dir: Path = Field(Path("./data"), description="where the SQLite database file lives")
+    cache_url: SecretStr | None = Field(
+        None, description="postgres cache: its own database; unset: DATABASE_URL (postgresql://user:pw@host:5432/db)"
+    )
     cache_max_entries: int = Field(100_000, gt=0, description="memory: vectors kept before the least recent goes")
-    cache_shared_pool: bool = Field(False, description="lookups also read the shared pool (filled by cache seed)")
-    cache_timeout_seconds: float = Field(2.0, gt=0, description="bound on connecting and on each cache statement")
+    cache_shared_pool: bool | None = Field(
+        None, description="lookups also read the shared pool (cache seed, public texts); unset: on in hosted mode"
+    )
+    cache_timeout_seconds: float = Field(
+        2.0, gt=0, description="bound on connecting and on each database statement (cache, accounts, usage)"
+    )
     cache_retry_seconds: float = Field(5.0, gt=0, description="after a cache failure, go without it this long")
+
+    redis_url: SecretStr | None = Field(
+        None, description="redis://host:6379/0 for quota counters shared by processes; unset: in-process counters"
+    )
+    jwt_secret: SecretStr | None = Field(None, description="hosted mode (required): HS256 key, at least 32 bytes")
+    jwt_expiry_seconds: int = Field(86400, gt=0, description="lifetime of a login session token")
+    signup_enabled: bool = Field(True, description="hosted mode: POST /v1/auth/signup open to the public")
+    free_tier_daily_limit: int = Field(1000, ge=0, description="texts per account per UTC day, free tier")
+    paid_tier_daily_limit: int = Field(50000, ge=0, description="texts per account per UTC day, paid tier")
+    free_tier_per_minute: int = Field(60, ge=0, description="requests per account per minute, free tier")
+    paid_tier_per_minute: int = Field(600, ge=0, description="requests per account per minute, paid tier")
+    login_max_failures: int = Field(10, gt=0, description="failed logins per email before login is refused")
+    login_failure_window_seconds: int = Field(900, gt=0, description="window of LOGIN_MAX_FAILURES (fixed)")
+    bcrypt_rounds: int = Field(12, ge=4, le=31, description="cost of password hashes (2^rounds)")
+    usage_flush_seconds: float = Field(2.0, gt=0, description="usage is written this often (lost on a crash: this)")
 
     hf_endpoint: str | None = None
     hf_token: SecretStr | None = None
@@ -95,10 +123,35 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _cache_url_for_postgres(self) -> Settings:
-        if self.cache_backend == "postgres" and not self.cache_url:
-            raise ValueError("CACHE_BACKEND=postgres needs CACHE_URL (postgresql://user:password@host:5432/db)")
+    def _resolve(self) -> Settings:
+        if self.cache_backend is None:
+            self.cache_backend = ("postgres" if self.database_url else "sqlite") if self.hosted else "none"
+        if self.cache_shared_pool is None:
+            self.cache_shared_pool = self.hosted
+        if self.cache_backend == "postgres" and not (self.cache_url or self.database_url):
+            raise ValueError(
+                "CACHE_BACKEND=postgres needs CACHE_URL or DATABASE_URL (postgresql://user:password@host:5432/db)"
+            )
+        if self.hosted:
+            secret = self.jwt_secret.get_secret_value().encode() if self.jwt_secret else b""
+            if len(secret) < 32:
+                raise ValueError("HOSTED=true needs JWT_SECRET of at least 32 bytes (e.g. `embedding-service keygen`)")
         return self
+
+    def database(self) -> DatabasePlan:
+        """Where the service's one database is, and whether the embedding cache lives in it."""
+        if self.database_url:
+            kind, url = "postgres", self.database_url.get_secret_value()
+        elif self.cache_backend == "postgres" and self.cache_url:
+            kind, url = "postgres", self.cache_url.get_secret_value()
+        else:
+            kind, url = "sqlite", str(self.data_dir / SQLITE_FILE)
+        cache_url = self.cache_url.get_secret_value() if self.cache_url else url
+        shared = (self.cache_backend == "sqlite" and kind == "sqlite") or (
+            self.cache_backend == "postgres" and kind == "postgres" and cache_url == url
+        )
+        cache = "shared" if shared else str(self.cache_backend)
+        return DatabasePlan(kind=kind, url=url, cache=cache, cache_url=cache_url)
 
     def tenant_keys(self) -> dict[str, str]:
         """Every accepted key by the tenant its callers belong to."""
@@ -113,12 +166,23 @@ class Settings(BaseSettings):
         return keys
 
 
+SQLITE_FILE = "embedding-cache.sqlite3"  # the name from when only the cache lived there: kept, so nothing is lost
+
+
+@dataclass(frozen=True)
+class DatabasePlan:
+    kind: str  # sqlite or postgres
+    url: str  # the file path for sqlite
+    cache: str  # shared (in this database), none, memory, sqlite (a file of its own), postgres (CACHE_URL)
+    cache_url: str
+
+
 class ConfigurationError(RuntimeError):
     """The service refuses to start with this configuration."""
 
 
 def check_startup(settings: Settings) -> None:
-    if not settings.tenant_keys() and not settings.allow_unauthenticated:
+    if not settings.tenant_keys() and not settings.allow_unauthenticated and not settings.hosted:
         raise ConfigurationError(
             "no API key configured: set PEOPLEPAD_CLIENT_KEY or EMBEDDING_API_KEY "
             "(or ALLOW_UNAUTHENTICATED=true to serve without authentication)"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from adapters.memory_cache import InMemoryEmbeddingCache, NoEmbeddingCache
-from adapters.sql_cache import PostgresEmbeddingCache, SqlAlchemyEmbeddingCache, SqliteEmbeddingCache
+from adapters.sql.cache import PostgresEmbeddingCache, SqlEmbeddingCache, SqliteEmbeddingCache
 from domain.model import SHARED_POOL, CacheScope, CacheStats
 from tests.support import postgres_database, run_together
 
@@ -154,7 +154,7 @@ def test_no_cache_stores_nothing() -> None:
 def test_a_store_failing_in_the_database_is_rolled_back_whole(backend: str, tmp_path: Path) -> None:
     """A trigger rejects the third row of a store: the two rows before it must not stay behind."""
     with postgres_database() as url:
-        cache: SqlAlchemyEmbeddingCache = (
+        cache: SqlEmbeddingCache = (
             SqliteEmbeddingCache(tmp_path / "cache.sqlite3") if backend == "sqlite" else PostgresEmbeddingCache(url)
         )
         cache.prepare()

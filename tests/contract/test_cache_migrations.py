@@ -6,30 +6,27 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
+import numpy as np
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from adapters.sql_cache import (
-    VERSION_TABLE,
-    PostgresEmbeddingCache,
-    SqlAlchemyEmbeddingCache,
-    SqliteEmbeddingCache,
-    alembic_config,
-    metadata,
-)
+from adapters.sql.cache import PostgresEmbeddingCache, SqlEmbeddingCache, SqliteEmbeddingCache
+from adapters.sql.database import VERSION_TABLE, alembic_config
+from adapters.sql.tables import metadata
+from domain.model import CacheScope
 from tests.support import postgres_database
 
 
-def differences(cache: SqlAlchemyEmbeddingCache) -> list[object]:
+def differences(cache: SqlEmbeddingCache) -> list[object]:
     with cache.engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE, "compare_type": True})
         return list(compare_metadata(context, metadata))
 
 
-def tables(cache: SqlAlchemyEmbeddingCache) -> set[str]:
+def tables(cache: SqlEmbeddingCache) -> set[str]:
     return set(inspect(cache.engine).get_table_names())
 
 
@@ -38,7 +35,14 @@ def test_migrations_match_the_tables_the_adapter_uses(backend: str, tmp_path: Pa
     with postgres_database() as url:
         cache = SqliteEmbeddingCache(tmp_path / "c.sqlite3") if backend == "sqlite" else PostgresEmbeddingCache(url)
         cache.prepare()
-        assert tables(cache) == {"embedding_cache_entries", "embedding_cache_counters", VERSION_TABLE}
+        assert tables(cache) == {
+            "embedding_cache_entries",
+            "embedding_cache_counters",
+            "accounts",
+            "api_keys",
+            "usage_daily",
+            VERSION_TABLE,
+        }
         assert differences(cache) == []
         with cache.engine.begin() as connection:
             command.downgrade(alembic_config(connection), "base")
@@ -74,3 +78,20 @@ def test_processes_starting_together_migrate_one_sqlite_file_once(tmp_path: Path
     cache = SqliteEmbeddingCache(path)
     assert differences(cache) == []
     cache.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_cache_database_of_the_first_revision_upgrades_keeping_its_entries(backend: str, tmp_path: Path) -> None:
+    """A cache made before the hosted tables existed (revision 0001) gains them at start-up; its entries stay."""
+    with postgres_database() as url:
+        cache = SqliteEmbeddingCache(tmp_path / "c.sqlite3") if backend == "sqlite" else PostgresEmbeddingCache(url)
+        with cache.engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0001")
+        scope = CacheScope("acme", "m@1", "v")
+        cache.put(scope, {b"k" * 32: np.ones(4, dtype=np.float32) / 2})
+        assert tables(cache) == {"embedding_cache_entries", "embedding_cache_counters", VERSION_TABLE}
+        cache.prepare()
+        assert {"accounts", "api_keys", "usage_daily"} <= tables(cache)
+        assert differences(cache) == []
+        assert list(cache.get(scope, [b"k" * 32], count=False)) == [b"k" * 32]
+        cache.close()

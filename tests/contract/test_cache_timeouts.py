@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from sqlalchemy import event, text
 
-from adapters.sql_cache import PostgresEmbeddingCache, SqliteEmbeddingCache
+from adapters.sql.cache import PostgresEmbeddingCache, SqliteEmbeddingCache
 from adapters.sql_deadlines import DeadlineExceeded
 from domain.model import CacheScope
 from tests.support import TcpProxy, postgres_database, run_together

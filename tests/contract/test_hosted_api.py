@@ -85,6 +85,9 @@ def test_v1_stats_counts_per_tenant(client: TestClient) -> None:
         "hits": 1,
         "misses": 3,
         "entries": 3,
+        "cache_hits": 1,
+        "cache_misses": 3,
+        "total_cached": 3,
     }
     assert client.get("/v1/stats", headers=GLOBEX).json() == {
         "tenant": "globex",
@@ -92,6 +95,9 @@ def test_v1_stats_counts_per_tenant(client: TestClient) -> None:
         "hits": 0,
         "misses": 1,
         "entries": 1,
+        "cache_hits": 0,
+        "cache_misses": 1,
+        "total_cached": 1,
     }
 
 

@@ -481,14 +481,25 @@ def test_openapi_paths_snapshot(client: TestClient) -> None:
         "/metadata": ["get"],
         "/v1/embed": ["post"],
         "/v1/embed/batch": ["post"],
+        "/v1/health": ["get"],
         "/v1/stats": ["get"],
+        "/v1/usage": ["get"],
     }
     schemas = spec["components"]["schemas"]
     assert schemas["V1EmbedRequest"]["required"] == ["text"]
     assert schemas["V1EmbedResponse"]["required"] == ["embedding", "cached", "dimensions"]
     assert schemas["V1EmbedBatchRequest"]["required"] == ["texts"]
     assert schemas["V1EmbedBatchResponse"]["required"] == ["embeddings", "cached", "dimensions"]
-    assert schemas["CacheStatsResponse"]["required"] == ["tenant", "cache", "hits", "misses", "entries"]
+    assert schemas["CacheStatsResponse"]["required"] == [
+        "tenant",
+        "cache",
+        "hits",
+        "misses",
+        "entries",
+        "cache_hits",
+        "cache_misses",
+        "total_cached",
+    ]
     assert spec["components"]["schemas"]["EmbedBatchRequest"]["required"] == ["inputs"]
     assert spec["components"]["schemas"]["BatchInput"]["required"] == ["id", "text"]
     assert spec["components"]["schemas"]["EmbedTextsRequest"]["required"] == ["texts"]

@@ -59,7 +59,7 @@ def server_behind_a_relay() -> Iterator[tuple[str, TcpProxy]]:
 
 
 def test_requests_go_on_while_the_database_is_down(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="domain.services"), server_behind_a_relay() as (base, proxy):
+    with caplog.at_level(logging.INFO, logger="adapters.resilience"), server_behind_a_relay() as (base, proxy):
         assert cached(base, ["before", "also before"]) == [False, False]
         assert cached(base, ["before"]) == [True]
 
@@ -89,7 +89,7 @@ def test_requests_go_on_while_the_database_is_down(caplog: pytest.LogCaptureFixt
 
 
 def test_a_database_that_stops_answering_costs_requests_at_most_the_timeout(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="domain.services"), server_behind_a_relay() as (base, proxy):
+    with caplog.at_level(logging.INFO, logger="adapters.resilience"), server_behind_a_relay() as (base, proxy):
         assert cached(base, ["warm", "pool"]) == [False, False]
         assert cached(base, ["warm"]) == [True]
 

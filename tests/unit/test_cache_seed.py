@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from adapters.fake_embedder import FakeEmbedder, FakeEmbedderLoader
-from adapters.sql_cache import SqliteEmbeddingCache
+from adapters.sql.cache import SqliteEmbeddingCache
 from domain.model import KNOWN_MODELS, SHARED_POOL, CacheScope, CacheStats, Limits, Vectors
 from domain.services import text_key
 from domain.use_cases import SeedCache

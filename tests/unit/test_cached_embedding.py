@@ -16,15 +16,16 @@ from hypothesis import strategies as st
 
 from adapters.fake_embedder import FakeEmbedder, FakeEmbedderLoader
 from adapters.memory_cache import InMemoryEmbeddingCache, NoEmbeddingCache
+from adapters.resilience import FailSafeCache
 from domain.errors import CacheUnavailable
 from domain.model import KNOWN_MODELS, SHARED_POOL, CacheScope, CacheStats, Caller, Limits, TextItem, Vector
 from domain.ports import EmbeddingCache
-from domain.services import FailSafeCache, ModelHost, text_key
+from domain.services import ModelHost, text_key
 from domain.use_cases import EmbedBatch, EmbedOne, GetCacheStats, GetHealth
 from tests.support import domain_test_scheduler
 
 SPEC = KNOWN_MODELS["all-MiniLM-L6-v2"]
-ACME, GLOBEX = Caller("acme"), Caller("globex")
+ACME, GLOBEX = Caller(tenant="acme"), Caller(tenant="globex")
 
 
 class Service:
@@ -204,7 +205,7 @@ def test_a_failing_cache_never_fails_a_request_and_is_retried(caplog: pytest.Log
         assert service.cache.available
         assert store.prepares == 2  # at the first use, and again after the outage
 
-    with caplog.at_level(logging.INFO, logger="domain.services"):
+    with caplog.at_level(logging.INFO, logger="adapters.resilience"):
         asyncio.run(scenario())
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [
@@ -374,7 +375,7 @@ def test_a_burst_does_not_wait_for_cache_calls_queued_behind_each_other(caplog: 
         assert all(flags == [False] for _, flags in results)
         assert service.cache.available  # a busy process is no outage of the storage
 
-    with caplog.at_level(logging.WARNING, logger="domain.services"):
+    with caplog.at_level(logging.WARNING, logger="adapters.resilience"):
         asyncio.run(scenario())
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "lookup waited over 0.2 s for a worker thread" in warnings[0]

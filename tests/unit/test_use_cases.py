@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from adapters.dynamic_batcher import DynamicBatchingScheduler
 from adapters.fake_embedder import FakeEmbedder, FakeEmbedderLoader
 from adapters.memory_cache import NoEmbeddingCache
+from adapters.resilience import FailSafeCache
 from domain.errors import (
     BatchTooLarge,
     InputTooLong,
@@ -22,7 +23,7 @@ from domain.errors import (
     UnsupportedEncodingFormat,
 )
 from domain.model import KNOWN_MODELS, Caller, Limits, TextItem
-from domain.services import FailSafeCache, ModelHost, ModelState
+from domain.services import ModelHost, ModelState
 from domain.use_cases import AuthenticateCaller, EmbedBatch, EmbedOne, GetHealth
 from tests.support import domain_test_scheduler
 
@@ -148,11 +149,14 @@ def test_failed_load_reports_error_health() -> None:
 
 
 def test_authentication_accepts_only_configured_keys_and_names_their_tenant() -> None:
-    auth = AuthenticateCaller({"alpha": "alpha-key", "beta": "beta-key", "unused": ""})
-    assert auth.execute("alpha-key") == Caller("alpha")
-    assert auth.execute("beta-key") == Caller("beta")
-    for wrong in (None, "", "alpha", "alpha-key ", "gamma-key"):
-        with pytest.raises(Unauthenticated):
-            auth.execute(wrong)
-    assert AuthenticateCaller({}).enabled is False
-    assert AuthenticateCaller({}).execute(None) == Caller("anonymous")
+    async def scenario() -> None:
+        auth = AuthenticateCaller({"alpha": "alpha-key", "beta": "beta-key", "unused": ""})
+        assert await auth.execute("alpha-key") == Caller(tenant="alpha")
+        assert await auth.execute("beta-key") == Caller(tenant="beta")
+        for wrong in (None, "", "alpha", "alpha-key ", "gamma-key"):
+            with pytest.raises(Unauthenticated):
+                await auth.execute(wrong)
+        assert AuthenticateCaller({}).enabled is False
+        assert await AuthenticateCaller({}).execute(None) == Caller(tenant="anonymous")
+
+    asyncio.run(scenario())

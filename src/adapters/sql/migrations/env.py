@@ -1,5 +1,6 @@
-"""Alembic environment of the embedding cache: runs on the connection the service hands over (start-up, or
-`embedding-service cache migrate`), or on CACHE_URL when Alembic's own command line writes a new revision."""
+"""Alembic environment of the service's database (cache, accounts, keys, usage): runs on the connection the service
+hands over (start-up, or `embedding-service cache migrate`), or on DATABASE_URL (else CACHE_URL) when Alembic's own
+command line writes a new revision."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import os
 from alembic import context
 from sqlalchemy import Connection, create_engine
 
-from adapters.sql_cache import VERSION_TABLE, metadata, psycopg_url
+from adapters.sql.database import VERSION_TABLE, psycopg_url
+from adapters.sql.tables import metadata
 
 
 def run(connection: Connection) -> None:
@@ -27,6 +29,10 @@ given = context.config.attributes.get("connection")
 if given is not None:
     run(given)
 else:
-    engine = create_engine(psycopg_url(os.environ.get("CACHE_URL", "sqlite:///data/embedding-cache.sqlite3")))
+    engine = create_engine(
+        psycopg_url(
+            os.environ.get("DATABASE_URL") or os.environ.get("CACHE_URL") or "sqlite:///data/embedding-cache.sqlite3"
+        )
+    )
     with engine.begin() as connection:
         run(connection)

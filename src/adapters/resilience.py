@@ -1,0 +1,263 @@
+"""Resilience around outside stores: the fail-safe embedding cache requests go through (a storage failure is a miss,
+an outage is probed in the background), and the one-line description of a driver's failure that logs may show."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
+
+from domain.errors import CacheUnavailable
+from domain.model import CacheScope, CacheStats, Vector
+from domain.ports import EmbeddingCache
+
+log = logging.getLogger(__name__)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One short line naming a storage failure: the driver's first line, never the statement or its parameters."""
+    cause = getattr(exc, "orig", None) or exc
+    first_line = (str(cause).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first_line}"[:200]
+
+
+T = TypeVar("T")
+
+
+class FailSafeCache:
+    """The embedding cache as requests use it: a storage failure is logged and turns into a miss, never a failed
+    request. Once it failed, no request touches the storage: a background probe prepares it again (a restored
+    database may be empty) every `retry_after_s` until it answers, and only then do requests use it again. While the
+    storage is being prepared (at start-up, by the probe) requests go without it rather than wait. A failure of a
+    call that began before the last recovery is stale and does not start another outage."""
+
+    def __init__(
+        self,
+        store: EmbeddingCache,
+        shared_pool: bool = False,
+        retry_after_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        wait_s: float = 2.0,
+    ) -> None:
+        self._store = store
+        self._shared_pool = shared_pool
+        self._retry_after_s = retry_after_s
+        self._clock = clock
+        self._wait_s = wait_s
+        self._busy = 0  # calls dropped because no worker thread took them in time, since the last warning
+        self._busy_logged_at: float | None = None
+        self._lock = threading.Lock()
+        self._prepare_lock = threading.Lock()
+        self._prepared = False
+        self._down_since: float | None = None
+        self._generation = 0  # one more after each recovery
+        self._skipped = 0
+        self._probe: threading.Timer | None = None
+        self._starter: threading.Thread | None = None
+        self._closed = False
+        self._settled = False
+
+    @property
+    def enabled(self) -> bool:
+        return self._store.backend != "none"
+
+    @property
+    def backend(self) -> str:
+        return self._store.backend
+
+    @property
+    def available(self) -> bool:
+        with self._lock:
+            return self._down_since is None
+
+    @property
+    def settled(self) -> bool:
+        """The start-up preparation has finished, one way or the other (no cache: always)."""
+        return self._settled or not self.enabled
+
+    def start(self) -> None:
+        """Prepare the storage in a background thread (server start-up); until that has finished, requests go
+        without the cache instead of preparing it themselves."""
+        with self._lock:
+            if self._starter is not None:
+                return
+            self._starter = threading.Thread(target=self.prepare, name="cache-prepare", daemon=True)
+        self._starter.start()
+
+    def prepare(self) -> bool:
+        """Create or migrate the storage now, after any preparation in progress; False, logged, when it fails."""
+        with self._lock:
+            generation = self._generation
+        try:
+            with self._prepare_lock:
+                return self._prepare_held()
+        except Exception as exc:
+            self._failed("prepare", exc, generation)
+            return False
+        finally:
+            self._settled = True
+
+    def lookup(self, scope: CacheScope, keys: Sequence[bytes]) -> dict[bytes, Vector]:
+        found = self._run("lookup", lambda: self._store.get(scope, keys, shared_pool=self._shared_pool))
+        return found or {}
+
+    def save(self, scope: CacheScope, vectors: Mapping[bytes, Vector]) -> bool:
+        def put() -> bool:
+            self._store.put(scope, vectors)
+            return True
+
+        return self._run("store", put) is not None
+
+    async def lookup_in_time(self, scope: CacheScope, keys: Sequence[bytes]) -> dict[bytes, Vector]:
+        """lookup() in a worker thread, waited for at most `wait_s` (queueing for a thread included)."""
+        found = await self._in_time("lookup", self.lookup, scope, keys)
+        return found or {}
+
+    async def save_in_time(self, scope: CacheScope, vectors: Mapping[bytes, Vector]) -> None:
+        """save() in a worker thread, waited for at most `wait_s` (queueing for a thread included)."""
+        await self._in_time("store", self.save, scope, vectors)
+
+    async def _in_time(self, what: str, call: Callable[..., T], *args: object) -> T | None:
+        """Under a burst, cache calls queue for the few worker threads behind calls of requests that will be refused
+        anyway, and a request would wait for its lookup (and its store) far past its deadline. A call no thread has
+        taken within `wait_s` is dropped (never run) and the request goes on without the cache: not a failure of
+        the storage, so no outage; a warning says how many went without, at most once a minute. A call that is
+        running is waited for: the storage bounds it (a failure there is an outage, logged as such)."""
+        began = threading.Event()
+
+        def run() -> T:
+            began.set()
+            return call(*args)
+
+        pending = asyncio.ensure_future(asyncio.to_thread(run))
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending), timeout=self._wait_s)
+        except TimeoutError:
+            if began.is_set():  # running, not queued: the storage's own timeout bounds it
+                return await pending
+            pending.cancel()  # still queued: it never runs
+            now = self._clock()
+            with self._lock:
+                self._busy += 1
+                due = self._busy_logged_at is None or now - self._busy_logged_at >= 60
+                if due:
+                    busy, self._busy, self._busy_logged_at = self._busy, 0, now
+            if due:
+                log.warning(
+                    "embedding cache (%s) %s waited over %g s for a worker thread; %d calls since the last such "
+                    "warning went without the cache",
+                    self.backend,
+                    what,
+                    self._wait_s,
+                    busy,
+                )
+            return None
+
+    def stats(self, tenant: str) -> CacheStats:
+        stats = self._run("stats", lambda: self._store.stats(tenant))
+        if stats is None:
+            raise CacheUnavailable()
+        return stats
+
+    def close(self) -> None:
+        """Stop probing and close the storage, once a preparation in progress (bounded by its timeouts) is over."""
+        with self._lock:
+            self._closed = True
+            probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.cancel()
+        with self._prepare_lock:
+            try:
+                self._store.close()
+            except Exception as exc:
+                log.warning("closing the embedding cache failed (%s)", describe_failure(exc))
+
+    def _run(self, what: str, operation: Callable[[], T]) -> T | None:
+        with self._lock:
+            if self._down_since is not None:
+                self._skipped += 1
+                return None
+            if self._starter is not None and not self._settled:
+                return None  # the start-up preparation is under way
+            generation = self._generation
+        try:
+            if not self._ensure_prepared():
+                return None
+            return operation()
+        except Exception as exc:
+            self._failed(what, exc, generation)
+            return None
+
+    def _ensure_prepared(self) -> bool:
+        """Prepare the storage on first use; False while another thread is preparing it (do not wait for that)."""
+        if self._prepared:
+            return True
+        if not self._prepare_lock.acquire(blocking=False):
+            return False
+        try:
+            return self._prepare_held()
+        finally:
+            self._prepare_lock.release()
+
+    def _prepare_held(self) -> bool:
+        """With the prepare lock held: prepare the storage unless it is prepared; False once the cache is closed."""
+        if self._closed:
+            return False
+        if not self._prepared:
+            self._store.prepare()
+            self._prepared = True
+        return True
+
+    def _failed(self, what: str, exc: Exception, generation: int) -> None:
+        with self._lock:
+            if generation != self._generation:  # began before the last recovery: says nothing about now
+                stale = True
+            else:
+                stale = False
+                first = self._down_since is None
+                if first:
+                    self._down_since, self._skipped = self._clock(), 0
+                self._prepared = False  # the database may come back empty: the probe migrates first
+                if self._probe is None and not self._closed:
+                    self._probe = threading.Timer(self._retry_after_s, self._try_again)
+                    self._probe.daemon = True
+                    self._probe.start()
+        if stale:
+            log.debug("embedding cache (%s) %s failed before the last recovery (%s)", self.backend, what, exc)
+            return
+        log.log(
+            logging.WARNING if first else logging.DEBUG,
+            "embedding cache (%s) %s failed (%s); embedding without it, next try in %g s",
+            self._store.backend,
+            what,
+            describe_failure(exc),
+            self._retry_after_s,
+        )
+
+    def _try_again(self) -> None:
+        """The background probe: prepare the storage; on success requests use it again, else try later."""
+        with self._lock:
+            self._probe = None
+            generation = self._generation
+        try:
+            with self._prepare_lock:
+                if not self._prepare_held():  # after a failure nothing counts as prepared: this prepares
+                    return
+        except Exception as exc:
+            self._failed("probe", exc, generation)
+            return
+        with self._lock:
+            if self._down_since is None:
+                return
+            down_for, skipped = self._clock() - self._down_since, self._skipped
+            self._down_since = None
+            self._generation += 1
+        log.info(
+            "embedding cache (%s) is back after %.1f s; %d calls went without it meanwhile",
+            self._store.backend,
+            down_for,
+            skipped,
+        )

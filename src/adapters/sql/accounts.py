@@ -1,0 +1,232 @@
+"""Accounts, API keys and the usage ledger in the service's SQL database. Each method is one transaction (the
+database's unit of work); an account and its first key are written together. A database failure is logged in one
+line (never a statement or its parameters) and raised as AccountsUnavailable."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, bindparam, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from adapters.resilience import describe_failure
+from adapters.sql.database import SqlDatabase
+from adapters.sql.tables import accounts, api_keys, usage
+from adapters.sql_deadlines import DeadlineExceeded
+from domain.errors import AccountsUnavailable, EmailTaken, UnknownAccount
+from domain.model import Account, ApiKey, Tier, UsageRecord
+
+log = logging.getLogger(__name__)
+
+
+class _SqlStore:
+    def __init__(self, database: SqlDatabase) -> None:
+        self._db = database
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[Connection]:
+        try:
+            with self._db.unit_of_work() as connection:
+                yield connection
+        except (EmailTaken, UnknownAccount):
+            raise
+        except (SQLAlchemyError, DeadlineExceeded, OSError) as exc:
+            log.warning("account database %s failed (%s)", what, describe_failure(exc))
+            raise AccountsUnavailable() from exc
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
+def _account(row: Row[Any] | Mapping[Any, Any]) -> Account:
+    m = row._mapping if isinstance(row, Row) else row
+    return Account(
+        id=m["id"],
+        email=m["email"],
+        password_hash=m["password_hash"],
+        tier=Tier(m["tier"]),
+        created_at=_aware(m["created_at"]) or m["created_at"],
+    )
+
+
+def _key(m: Mapping[Any, Any]) -> ApiKey:
+    return ApiKey(
+        id=m["id"],
+        account_id=m["account_id"],
+        prefix=m["prefix"],
+        digest=bytes(m["digest"]),
+        created_at=_aware(m["created_at"]) or m["created_at"],
+        last_used_at=_aware(m["last_used_at"]),
+        revoked_at=_aware(m["revoked_at"]),
+    )
+
+
+def _key_row(key: ApiKey) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "account_id": key.account_id,
+        "prefix": key.prefix,
+        "digest": key.digest,
+        "created_at": key.created_at,
+        "last_used_at": key.last_used_at,
+        "revoked_at": key.revoked_at,
+    }
+
+
+class SqlAccountStore(_SqlStore):
+    def add(self, account: Account, first_key: ApiKey) -> None:
+        with self._transaction("signup") as connection:
+            taken = connection.execute(select(accounts.c.id).where(accounts.c.email == account.email)).first()
+            if taken is not None:
+                raise EmailTaken()
+            try:
+                connection.execute(
+                    accounts.insert().values(
+                        id=account.id,
+                        email=account.email,
+                        password_hash=account.password_hash,
+                        tier=account.tier.value,
+                        created_at=account.created_at,
+                    )
+                )
+            except IntegrityError as exc:  # another signup with this email committed in between
+                raise EmailTaken() from exc
+            connection.execute(api_keys.insert().values(**_key_row(first_key)))
+
+    def by_email(self, email: str) -> Account | None:
+        return self._one("login", accounts.c.email == email)
+
+    def by_id(self, account_id: str) -> Account | None:
+        return self._one("account lookup", accounts.c.id == account_id)
+
+    def _one(self, what: str, condition: Any) -> Account | None:
+        with self._transaction(what) as connection:
+            row = connection.execute(select(accounts).where(condition)).first()
+        return _account(row) if row is not None else None
+
+    def set_tier(self, email: str, tier: Tier) -> Account:
+        with self._transaction("tier change") as connection:
+            done = connection.execute(update(accounts).where(accounts.c.email == email).values(tier=tier.value))
+            if done.rowcount == 0:
+                raise UnknownAccount(email)
+            row = connection.execute(select(accounts).where(accounts.c.email == email)).one()
+        return _account(row)
+
+    def list(self) -> list[Account]:
+        with self._transaction("account listing") as connection:
+            rows = connection.execute(select(accounts).order_by(accounts.c.created_at, accounts.c.id)).all()
+        return [_account(row) for row in rows]
+
+
+class SqlApiKeyStore(_SqlStore):
+    def add(self, key: ApiKey) -> None:
+        with self._transaction("key creation") as connection:
+            connection.execute(api_keys.insert().values(**_key_row(key)))
+
+    def find(self, digest: bytes) -> tuple[ApiKey, Account] | None:
+        joined = api_keys.join(accounts, api_keys.c.account_id == accounts.c.id)
+        statement = select(
+            api_keys,
+            accounts.c.email,
+            accounts.c.password_hash,
+            accounts.c.tier,
+            accounts.c.created_at.label("account_created_at"),
+        ).select_from(joined)
+        with self._transaction("key lookup") as connection:
+            row = connection.execute(statement.where(api_keys.c.digest == digest)).first()
+        if row is None:
+            return None
+        m = row._mapping
+        account = _account(
+            {
+                "id": m["account_id"],
+                "email": m["email"],
+                "password_hash": m["password_hash"],
+                "tier": m["tier"],
+                "created_at": m["account_created_at"],
+            }
+        )
+        return _key(m), account
+
+    def list(self, account_id: str) -> list[ApiKey]:
+        with self._transaction("key listing") as connection:
+            rows = connection.execute(
+                select(api_keys).where(api_keys.c.account_id == account_id).order_by(api_keys.c.created_at)
+            ).all()
+        return [_key(row._mapping) for row in rows]
+
+    def revoke(self, account_id: str, prefix: str, at: datetime) -> bool:
+        with self._transaction("key revocation") as connection:
+            row = connection.execute(
+                select(api_keys.c.id, api_keys.c.revoked_at).where(
+                    api_keys.c.account_id == account_id, api_keys.c.prefix == prefix
+                )
+            ).first()
+            if row is None:
+                return False
+            if row.revoked_at is None:
+                connection.execute(update(api_keys).where(api_keys.c.id == row.id).values(revoked_at=at))
+        return True
+
+    def touch(self, last_used: Mapping[str, datetime]) -> None:
+        if not last_used:
+            return
+        statement = (
+            update(api_keys).where(api_keys.c.id == bindparam("key_id")).values(last_used_at=bindparam("used_at"))
+        )
+        rows = [{"key_id": key_id, "used_at": at} for key_id, at in sorted(last_used.items())]
+        with self._transaction("key activity") as connection:
+            connection.execute(statement, rows)
+
+
+class SqlUsageLedger(_SqlStore):
+    COUNTS = ("requests", "texts", "tokens", "cache_hits", "cache_misses", "compute_ms")
+
+    def add(self, records: Sequence[UsageRecord]) -> None:
+        if not records:
+            return
+        rows = [
+            {
+                "account_id": r.account_id,
+                "day": r.day,
+                "model": r.model,
+                "requests": r.requests,
+                "texts": r.texts,
+                "tokens": r.tokens,
+                "cache_hits": r.cache_hits,
+                "cache_misses": r.cache_misses,
+                "compute_ms": r.compute_ms,
+            }
+            for r in sorted(records, key=lambda r: (r.account_id, r.day, r.model))  # one lock order: no deadlocks
+        ]
+        upsert = self._db.insert(usage)
+        statement = upsert.on_conflict_do_update(
+            index_elements=[usage.c.account_id, usage.c.day, usage.c.model],
+            set_={name: usage.c[name] + upsert.excluded[name] for name in self.COUNTS},
+        )
+        with self._transaction("usage write") as connection:
+            connection.execute(statement, rows)
+
+    def read(self, account_id: str, since: date) -> list[UsageRecord]:
+        with self._transaction("usage read") as connection:
+            rows = connection.execute(select(usage).where(usage.c.account_id == account_id, usage.c.day >= since)).all()
+        return [
+            UsageRecord(
+                account_id=m["account_id"],
+                day=m["day"],
+                model=m["model"],
+                requests=int(m["requests"]),
+                texts=int(m["texts"]),
+                tokens=int(m["tokens"]),
+                cache_hits=int(m["cache_hits"]),
+                cache_misses=int(m["cache_misses"]),
+                compute_ms=float(m["compute_ms"]),
+            )
+            for m in (row._mapping for row in rows)
+        ]

@@ -1,0 +1,133 @@
+"""Usage and key activity as requests report them: added up in memory and written by a background thread every
+`flush_s` seconds in one transaction per store (not one write per request). Whatever a write could not store stays
+buffered for the next try; closing (SIGTERM, the server's shutdown) writes what is left. A crash loses at most the
+last `flush_s` seconds."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import date, datetime
+
+from adapters.resilience import describe_failure
+from domain.model import UsageRecord
+from domain.ports import ApiKeyStore, UsageLedger
+
+log = logging.getLogger(__name__)
+
+_Slot = tuple[str, date, str]
+
+
+class BufferedUsageRecorder:
+    def __init__(self, ledger: UsageLedger, keys: ApiKeyStore | None = None, flush_s: float = 2.0) -> None:
+        self._ledger = ledger
+        self._keys = keys
+        self._flush_s = flush_s
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._pending: dict[_Slot, UsageRecord] = {}
+        self._used: dict[str, datetime] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="usage-flush", daemon=True)
+            self._thread.start()
+
+    def record(self, usage: UsageRecord) -> None:
+        slot = (usage.account_id, usage.day, usage.model)
+        with self._lock:
+            held = self._pending.get(slot)
+            self._pending[slot] = held.plus(usage) if held is not None else usage
+
+    def touch(self, key_id: str, at: datetime) -> None:
+        with self._lock:
+            held = self._used.get(key_id)
+            if held is None or at > held:
+                self._used[key_id] = at
+
+    def last_used(self, key_id: str) -> datetime | None:
+        with self._lock:
+            return self._used.get(key_id)
+
+    def read(self, account_id: str, since: date) -> list[UsageRecord]:
+        with self._flush_lock:  # not between a flush's write and its commit of the buffer: nothing counted twice
+            stored = {(r.account_id, r.day, r.model): r for r in self._ledger.read(account_id, since)}
+            with self._lock:
+                pending = [r for slot, r in self._pending.items() if slot[0] == account_id and slot[1] >= since]
+        for record in pending:
+            slot = (record.account_id, record.day, record.model)
+            held = stored.get(slot)
+            stored[slot] = held.plus(record) if held is not None else record
+        return list(stored.values())
+
+    def flush(self) -> None:
+        """Write what is buffered; on failure it stays buffered (merged with what arrives meanwhile)."""
+        with self._flush_lock:
+            with self._lock:
+                pending, self._pending = self._pending, {}
+                used, self._used = self._used, {}
+            try:
+                if pending:
+                    self._ledger.add(list(pending.values()))
+                    pending = {}
+                if used and self._keys is not None:
+                    self._keys.touch(used)
+                used = {}
+            except Exception as exc:
+                with self._lock:
+                    for slot, record in pending.items():
+                        held = self._pending.get(slot)
+                        self._pending[slot] = record.plus(held) if held is not None else record
+                    for key_id, at in used.items():
+                        if key_id not in self._used or self._used[key_id] < at:
+                            self._used[key_id] = at
+                if not self._failing:
+                    log.warning("writing usage failed (%s); kept in memory, retrying", describe_failure(exc))
+                self._failing = True
+                raise
+            if self._failing:
+                log.info("writing usage works again; nothing buffered was lost")
+                self._failing = False
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._flush_s):
+            try:
+                self.flush()
+            except Exception:
+                pass  # logged once per failure streak by flush(); kept for the next round
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self._flush_s + 5)
+        try:
+            self.flush()
+        except Exception:
+            with self._lock:
+                lost = sum(r.requests for r in self._pending.values())
+            log.error("usage of %d requests could not be written at shutdown", lost)
+
+
+class NoUsageRecorder:
+    """No hosted accounts: nothing is metered."""
+
+    def record(self, usage: UsageRecord) -> None:
+        return None
+
+    def touch(self, key_id: str, at: datetime) -> None:
+        return None
+
+    def last_used(self, key_id: str) -> datetime | None:
+        return None
+
+    def read(self, account_id: str, since: date) -> list[UsageRecord]:
+        return []
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,48 @@
+"""Use cases by capability: what callers and operators of the service can do, each a class with `execute()` that
+takes ports, never adapters."""
+
+from domain.use_cases.accounts import (
+    AuthenticateAccount,
+    ListAccounts,
+    LogIn,
+    LoginThrottle,
+    NewAccount,
+    SetTier,
+    SignUp,
+)
+from domain.use_cases.cache import CacheReport, GetCacheStats, SeedCache, SeedReport
+from domain.use_cases.embedding import EmbedBatch, EmbeddingResult, EmbedOne, unpaired_surrogate
+from domain.use_cases.keys import ANONYMOUS, AuthenticateCaller, CreateKey, ListKeys, RevokeKey
+from domain.use_cases.operations import GetHealth, GetMetadata, HealthReport
+from domain.use_cases.usage import GetUsage, Metered, MeterRequests, TierLimits, UsageReport
+
+__all__ = [
+    "ANONYMOUS",
+    "AuthenticateAccount",
+    "AuthenticateCaller",
+    "CacheReport",
+    "CreateKey",
+    "EmbedBatch",
+    "EmbedOne",
+    "EmbeddingResult",
+    "GetCacheStats",
+    "GetHealth",
+    "GetMetadata",
+    "GetUsage",
+    "HealthReport",
+    "ListAccounts",
+    "ListKeys",
+    "LogIn",
+    "LoginThrottle",
+    "MeterRequests",
+    "Metered",
+    "NewAccount",
+    "RevokeKey",
+    "SeedCache",
+    "SeedReport",
+    "SetTier",
+    "SignUp",
+    "TierLimits",
+    "UsageReport",
+    "unpaired_surrogate",
+]

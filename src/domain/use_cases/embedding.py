@@ -1,0 +1,220 @@
+"""Embedding use cases: one text or a batch, through the caller's cache; usage of metered callers is recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+from domain.errors import BatchTooLarge, InputTooLong, InvalidInput, UnknownModel, UnsupportedEncodingFormat
+from domain.model import (
+    SHARED_POOL,
+    CacheScope,
+    Caller,
+    EmbeddedItem,
+    Limits,
+    ModelInfo,
+    ModelSpec,
+    TextItem,
+    UsageRecord,
+    Vector,
+)
+from domain.ports import Embedder, InferenceScheduler, RequestCache, UsageRecorder
+from domain.services import ModelHost, text_key
+from domain.use_cases.keys import ANONYMOUS
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_ENCODING_FORMATS = ("float",)
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    model: str
+    items: list[EmbeddedItem]
+    dimensions: int
+    cache_used: bool = False  # False: no cache configured, so `cached` says nothing
+    compute_ms: float = 0.0  # time in the model's queue and calls (0 when every text came from the cache)
+
+    @property
+    def cache_hits(self) -> list[int]:
+        return [item.index for item in self.items if item.cached]
+
+
+INLINE_TOKEN_COUNT_CHARS = 4096  # counting tokens of shorter requests costs less than a thread hop
+
+
+class _EmbedTexts:
+    def __init__(
+        self,
+        host: ModelHost,
+        scheduler: InferenceScheduler,
+        limits: Limits,
+        cache: RequestCache,
+        usage: UsageRecorder | None = None,
+    ) -> None:
+        self._host = host
+        self._scheduler = scheduler
+        self._limits = limits
+        self._cache = cache
+        self._usage = usage
+
+    def _validate(self, items: Sequence[TextItem], model: str | None, encoding_format: str) -> ModelSpec:
+        spec = self._host.spec
+        if model is not None and not spec.answers_to(model):
+            raise UnknownModel(model, spec.name, spec.aliases)
+        if encoding_format not in SUPPORTED_ENCODING_FORMATS:
+            raise UnsupportedEncodingFormat(encoding_format)
+        if not items:
+            raise InvalidInput("no inputs given; send at least one text.")
+        if len(items) > self._limits.max_batch_size:
+            raise BatchTooLarge(len(items), self._limits.max_batch_size)
+        for index, item in enumerate(items):
+            if len(item.text) > self._limits.max_input_length:
+                raise InputTooLong(item.id, len(item.text), self._limits.max_input_length)
+            position = unpaired_surrogate(item.text)
+            if position is not None:
+                where = f"input with id {item.id!r}" if item.id is not None else f"input {index}"
+                raise InvalidInput(
+                    f"{where} holds an unpaired surrogate (U+{ord(item.text[position]):04X}) at character "
+                    f"{position}, which no tokenizer can encode; send valid Unicode text."
+                )
+        return spec
+
+    async def _embed(
+        self, items: Sequence[TextItem], model: str | None, encoding_format: str, caller: Caller, public: bool
+    ) -> EmbeddingResult:
+        arrived = time.monotonic()  # the deadline counts from here, cache lookup included
+        spec = self._validate(items, model, encoding_format)
+        embedder = self._host.embedder()
+        texts = [item.text for item in items]
+        if not self._cache.enabled:
+            started = time.monotonic()
+            vectors = await self._scheduler.run(embedder, texts, arrived)
+            result = EmbeddingResult(
+                model=spec.name,
+                items=[EmbeddedItem(id=item.id, index=i, embedding=vectors[i]) for i, item in enumerate(items)],
+                dimensions=spec.dimension,
+                compute_ms=(time.monotonic() - started) * 1000,
+            )
+        else:
+            keys, by_key, cached, compute_s = await self._through_cache(embedder, caller, texts, arrived, public)
+            result = EmbeddingResult(
+                model=spec.name,
+                items=[
+                    EmbeddedItem(id=item.id, index=i, embedding=by_key[key], cached=key in cached)
+                    for i, (item, key) in enumerate(zip(items, keys, strict=True))
+                ],
+                dimensions=spec.dimension,
+                cache_used=True,
+                compute_ms=compute_s * 1000,
+            )
+        if caller.metered and self._usage is not None:
+            await self._record(caller, embedder, texts, result)
+        return result
+
+    async def _record(self, caller: Caller, embedder: Embedder, texts: Sequence[str], result: EmbeddingResult) -> None:
+        """One request's usage into the (buffered) ledger: texts, tokens, hits and misses per text, compute time."""
+        assert self._usage is not None and caller.account_id is not None
+        if sum(map(len, texts)) <= INLINE_TOKEN_COUNT_CHARS:
+            tokens = sum(embedder.token_counts(texts))
+        else:
+            tokens = sum(await asyncio.to_thread(embedder.token_counts, texts))
+        hits = len(result.cache_hits)
+        self._usage.record(
+            UsageRecord(
+                account_id=caller.account_id,
+                day=datetime.now(UTC).date(),
+                model=result.model,
+                requests=1,
+                texts=len(texts),
+                tokens=tokens,
+                cache_hits=hits,
+                cache_misses=len(texts) - hits if result.cache_used else 0,
+                compute_ms=round(result.compute_ms, 3),
+            )
+        )
+
+    async def _through_cache(
+        self, embedder: Embedder, caller: Caller, texts: Sequence[str], arrived: float, public: bool
+    ) -> tuple[list[bytes], dict[bytes, Vector], set[bytes], float]:
+        """Look every distinct text key up once (the caller's own entries first, then the shared pool's), embed only
+        the misses (one scheduler call), store them: in the caller's entries, or the shared pool when `public`."""
+        info = embedder.info
+        scope = CacheScope(caller.tenant, info.cache_model, info.cache_variant)
+        keys = [text_key(info.text_key, text) for text in texts]
+        first_text: dict[bytes, str] = {}
+        for key, text in zip(keys, texts, strict=True):
+            first_text.setdefault(key, text)
+        found = _well_formed(await self._cache.lookup_in_time(scope, list(first_text)), info)
+        missing = [key for key in first_text if key not in found]
+        fresh: dict[bytes, Vector] = {}
+        compute_s = 0.0
+        if missing:
+            started = time.monotonic()
+            vectors = await self._scheduler.run(embedder, [first_text[key] for key in missing], arrived)
+            compute_s = time.monotonic() - started
+            fresh = dict(zip(missing, vectors, strict=True))
+            target = CacheScope(SHARED_POOL, scope.model, scope.variant) if public else scope
+            await self._cache.save_in_time(target, fresh)
+        return keys, {**found, **fresh}, set(found), compute_s
+
+
+def unpaired_surrogate(text: str) -> int | None:
+    """Where `text` holds a UTF-16 surrogate code point (a JSON "\\ud800" escape without its pair), else None."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
+def _well_formed(found: Mapping[bytes, Vector], info: ModelInfo) -> dict[bytes, Vector]:
+    """Cached rows of the model's dimension with finite values; anything else is logged and recomputed."""
+    good = {
+        key: vector
+        for key, vector in found.items()
+        if vector.shape == (info.spec.dimension,) and bool(np.isfinite(vector).all())
+    }
+    if len(good) != len(found):
+        log.warning("ignored %d malformed cache entries (recomputing them)", len(found) - len(good))
+    return good
+
+
+class EmbedOne(_EmbedTexts):
+    """Embed a single text, from the caller's cache when it holds it."""
+
+    async def execute(
+        self,
+        text: str,
+        model: str | None = None,
+        encoding_format: str = "float",
+        caller: Caller = ANONYMOUS,
+        public: bool = False,
+    ) -> EmbeddingResult:
+        return await self._embed([TextItem(id=None, text=text)], model, encoding_format, caller, public)
+
+
+class EmbedBatch(_EmbedTexts):
+    """Embed a batch of texts, keeping order and echoing caller-supplied ids; cached texts are not recomputed and
+    each distinct text is computed once."""
+
+    async def execute(
+        self,
+        items: Sequence[TextItem],
+        model: str | None = None,
+        encoding_format: str = "float",
+        caller: Caller = ANONYMOUS,
+        public: bool = False,
+    ) -> EmbeddingResult:
+        ids = [item.id for item in items if item.id is not None]
+        if len(ids) != len(set(ids)):
+            raise InvalidInput("ids must be unique within a batch.")
+        return await self._embed(items, model, encoding_format, caller, public)

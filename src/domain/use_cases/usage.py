@@ -1,0 +1,120 @@
+"""Quota and usage use cases: admitting a metered caller's request against its tier's limits (texts per UTC day,
+requests per minute), giving back what a failed request consumed, and reading the usage ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from domain.errors import InvalidInput, RateLimited
+from domain.model import Admission, Caller, Charge, Tier, UsageRecord
+from domain.ports import RateLimiter, UsageRecorder
+
+DAY_S, MINUTE_S = 86400, 60
+
+
+@dataclass(frozen=True)
+class TierLimits:
+    texts_per_day: int
+    requests_per_minute: int
+
+
+@dataclass(frozen=True)
+class Metered:
+    """An admitted request: what it consumed (to give back should it fail) and the windows' states for headers."""
+
+    charges: tuple[Charge, ...]
+    at: float
+    admission: Admission
+
+
+class MeterRequests:
+    """Admit a metered caller's request of `texts` texts: it counts as one request in the minute and `texts` texts in
+    the UTC day (cache hits count). A request that would exceed either is refused whole (429) and consumes nothing.
+    Callers with static keys are not metered."""
+
+    def __init__(
+        self, limiter: RateLimiter, tiers: Mapping[Tier, TierLimits], clock: Callable[[], float] = time.time
+    ) -> None:
+        self._limiter = limiter
+        self._tiers = tiers
+        self._clock = clock
+
+    async def admit(self, caller: Caller, texts: int) -> Metered | None:
+        if not caller.metered or caller.tier is None:
+            return None
+        limits = self._tiers[caller.tier]
+        charges = (
+            Charge("day", f"texts:{caller.account_id}", limits.texts_per_day, DAY_S, texts),
+            Charge("minute", f"requests:{caller.account_id}", limits.requests_per_minute, MINUTE_S, 1),
+        )
+        now = self._clock()
+        admission = await asyncio.to_thread(self._limiter.hit, charges, now)
+        refused = admission.refused
+        if refused is not None:
+            wait = max(1, int(refused.reset_s + 0.999))
+            reset_at = datetime.fromtimestamp(round(now + refused.reset_s), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            charge = refused.charge
+            if charge.name == "day":
+                what = (
+                    f"daily limit of {charge.limit} texts (tier {caller.tier}) reached: {refused.used} used today, "
+                    f"this request has {texts}"
+                )
+            else:
+                what = f"limit of {charge.limit} requests per minute (tier {caller.tier}) reached"
+            raise RateLimited(
+                f"{what}; the window resets at {reset_at} (in {wait} s).",
+                retry_after_s=wait,
+                limit=charge.limit,
+                window=charge.name,
+                reset_at=reset_at,
+                admission=admission,
+            )
+        return Metered(charges, now, admission)
+
+    async def refund(self, metered: Metered | None) -> None:
+        """Give back the texts of an admitted request that then failed (the request itself still counts)."""
+        if metered is None:
+            return
+        texts = tuple(charge for charge in metered.charges if charge.name == "day" and charge.cost)
+        if texts:
+            await asyncio.to_thread(self._limiter.refund, texts, metered.at)
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    account_id: str
+    since: date
+    rows: list[UsageRecord]
+
+    @property
+    def totals(self) -> UsageRecord:
+        total = UsageRecord(self.account_id, self.since, "*")
+        for row in self.rows:
+            total = total.plus(UsageRecord(self.account_id, self.since, "*", *_counts(row)))
+        return total
+
+
+def _counts(row: UsageRecord) -> tuple[int, int, int, int, int, float]:
+    return row.requests, row.texts, row.tokens, row.cache_hits, row.cache_misses, row.compute_ms
+
+
+MAX_USAGE_DAYS = 366
+
+
+class GetUsage:
+    """An account's usage per UTC day and model over the last `days` days (today included), unwritten usage too."""
+
+    def __init__(self, usage: UsageRecorder, today: Callable[[], date] = lambda: datetime.now(UTC).date()) -> None:
+        self._usage = usage
+        self._today = today
+
+    async def execute(self, account_id: str, days: int) -> UsageReport:
+        if not 1 <= days <= MAX_USAGE_DAYS:
+            raise InvalidInput(f"days must be between 1 and {MAX_USAGE_DAYS}.")
+        since = self._today() - timedelta(days=days - 1)
+        rows = await asyncio.to_thread(self._usage.read, account_id, since)
+        return UsageReport(account_id, since, sorted(rows, key=lambda r: (r.day, r.model), reverse=True))

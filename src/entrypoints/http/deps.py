@@ -1,0 +1,129 @@
+"""Dependencies of the routes: the container's use cases (one generic getter), the caller behind an API key, the
+account behind a session token, and metering a caller's request (quota check, rate-limit headers on every answer,
+texts given back when the request fails).
+
+Dependencies are coroutines: FastAPI would run plain functions in a worker thread, a thread hop per dependency."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, Header, Request
+
+from domain.errors import RateLimited, Unauthenticated
+from domain.model import Account, Admission, Caller
+from domain.use_cases import AuthenticateAccount, AuthenticateCaller, MeterRequests
+from domain.use_cases.embedding import EmbeddingResult
+from entrypoints.container import Container, use_case
+
+T = TypeVar("T")
+
+
+def container_of(request: Request) -> Container:
+    container: Container = request.app.state.container
+    return container
+
+
+def use(kind: type[T]) -> Any:
+    """`Depends(use(EmbedOne))`: the use case of that class, built by the container."""
+
+    async def dependency(request: Request) -> T:
+        return use_case(container_of(request), kind)
+
+    return Depends(dependency)
+
+
+def bearer(authorization: str | None) -> str | None:
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+async def authenticated(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
+    """The caller behind an API key (an account's key, or a static key): never a session token."""
+    caller = await use_case(container_of(request), AuthenticateCaller).execute(bearer(authorization))
+    request.state.caller = caller
+    return caller
+
+
+async def session(request: Request, authorization: Annotated[str | None, Header()] = None) -> Account:
+    """The account behind a session token from POST /v1/auth/login: never an API key."""
+    return await use_case(container_of(request), AuthenticateAccount).execute(bearer(authorization))
+
+
+CallerDep = Annotated[Caller, Depends(authenticated)]
+AccountDep = Annotated[Account, Depends(session)]
+
+
+async def account_of_either(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+    """The account id behind a session token or an account's API key (GET /v1/usage takes either)."""
+    presented = bearer(authorization)
+    container = container_of(request)
+    if presented and presented.count(".") == 2:
+        return (await use_case(container, AuthenticateAccount).execute(presented)).id
+    caller = await use_case(container, AuthenticateCaller).execute(presented)
+    if caller.account_id is None:
+        raise Unauthenticated("usage is kept for accounts; send an account's API key or session token.")
+    request.state.caller = caller
+    await _admit(request, caller, 0)
+    return caller.account_id
+
+
+def rate_limit_headers(admission: Admission) -> dict[str, str]:
+    """IETF draft RateLimit-Policy / RateLimit (one policy per window: "day" texts, "minute" requests) and OpenAI's
+    x-ratelimit-*-requests (the minute window)."""
+    windows = admission.windows
+    policy = ", ".join(f'"{w.charge.name}";q={w.charge.limit};w={w.charge.window_s}' for w in windows)
+    state = ", ".join(f'"{w.charge.name}";r={w.remaining};t={_whole(w.reset_s)}' for w in windows)
+    headers = {"RateLimit-Policy": policy, "RateLimit": state}
+    minute = next((w for w in windows if w.charge.name == "minute"), None)
+    if minute is not None:
+        headers["x-ratelimit-limit-requests"] = str(minute.charge.limit)
+        headers["x-ratelimit-remaining-requests"] = str(minute.remaining)
+        headers["x-ratelimit-reset-requests"] = f"{_whole(minute.reset_s)}s"
+    return headers
+
+
+def _whole(seconds: float) -> int:
+    return max(0, int(seconds + 0.999))
+
+
+async def _admit(request: Request, caller: Caller, texts: int) -> Any:
+    meter = use_case(container_of(request), MeterRequests)
+    try:
+        metered = await meter.admit(caller, texts)
+    except RateLimited as exc:
+        if exc.admission is not None:
+            request.state.headers = rate_limit_headers(exc.admission)
+        raise
+    if metered is not None:
+        request.state.headers = rate_limit_headers(metered.admission)
+    return metered
+
+
+@asynccontextmanager
+async def metered(request: Request, caller: Caller, texts: int) -> AsyncIterator[None]:
+    """Admit the request (429 when a limit of the caller's tier would be exceeded: nothing consumed); if it then
+    fails, its texts are given back."""
+    ticket = await _admit(request, caller, texts)
+    try:
+        yield
+    except BaseException:
+        await use_case(container_of(request), MeterRequests).refund(ticket)
+        raise
+
+
+def headers_for(request: Request, result: EmbeddingResult | None = None) -> dict[str, str]:
+    """What an answer carries besides its body: rate-limit headers of a metered caller; with a cache configured,
+    how many inputs, and which (0-based, in request order), came from it."""
+    headers = dict(getattr(request.state, "headers", None) or {})
+    if result is not None and result.cache_used:
+        hits = result.cache_hits
+        headers[CACHE_HITS_HEADER] = str(len(hits))
+        headers[CACHE_HIT_INDEXES_HEADER] = ",".join(map(str, hits))
+    return headers
+
+
+CACHE_HITS_HEADER = "X-Cache-Hits"
+CACHE_HIT_INDEXES_HEADER = "X-Cache-Hit-Indexes"

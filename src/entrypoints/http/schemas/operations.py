@@ -1,0 +1,69 @@
+"""Operations bodies: health (read by both apps' clients and the orchestrator) and the served model's metadata."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from domain.model import Limits, ModelInfo
+from domain.use_cases import HealthReport
+
+
+class HealthResponse(BaseModel):
+    """One body for both clients: peoplepad reads status/model/ready, the events app model_loaded/model_name."""
+
+    status: str
+    ready: bool
+    model: str
+    model_loaded: bool
+    model_name: str
+
+
+class MetadataResponse(BaseModel):
+    model: str
+    hub_id: str
+    dimension: int
+    max_seq_length: int
+    revision: str
+    weights_sha256: str
+    library: str
+    library_version: str
+    device: str
+    backend: str = Field(description="torch, onnx or openvino")
+    precision: str = Field(description="fp32, fp16 or int8")
+    min_cosine_vs_torch: float | None = Field(
+        description="agreement with torch fp32 measured at start-up on the check texts; null for torch fp32 itself"
+    )
+    max_batch_size: int
+    max_input_length: int
+
+
+def render_health(report: HealthReport) -> dict[str, Any]:
+    return HealthResponse(
+        status=report.status,
+        ready=report.ready,
+        model=report.model,
+        model_loaded=report.ready,
+        model_name=report.model,
+    ).model_dump()
+
+
+def render_metadata(info: ModelInfo, limits: Limits) -> dict[str, Any]:
+    spec = info.spec
+    return MetadataResponse(
+        model=spec.name,
+        hub_id=spec.hub_id,
+        dimension=spec.dimension,
+        max_seq_length=spec.max_seq_length,
+        revision=spec.revision,
+        weights_sha256=spec.weights_sha256,
+        library="sentence-transformers",
+        library_version=info.library_version,
+        device=info.device,
+        backend=info.backend,
+        precision=info.precision,
+        min_cosine_vs_torch=info.min_cosine_vs_torch,
+        max_batch_size=limits.max_batch_size,
+        max_input_length=limits.max_input_length,
+    ).model_dump()
