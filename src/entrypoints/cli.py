@@ -1,9 +1,10 @@
 """Command line: `embedding-service serve`, `models pull NAME`, `embed-file IN OUT`, `cache seed|migrate|stats`,
-`keygen`, `ensure-env-key`."""
+`accounts create|set-tier|list`, `keygen`, `ensure-env-key`."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import secrets
 import sys
@@ -11,11 +12,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+from pydantic import ValidationError
+
 from adapters.resilience import describe_failure
 from domain.errors import DomainError
-from domain.model import KNOWN_MODELS, SHARED_POOL, resolve_model
+from domain.model import KNOWN_MODELS, SHARED_POOL, Tier, resolve_model
 from domain.ports import EmbeddingCache
-from entrypoints.container import build_container
+from domain.use_cases import ListAccounts, SetTier, SignUp
+from entrypoints.container import Container, build_container, use_case
 from entrypoints.settings import LOG_DATEFMT, LOG_FORMAT, ConfigurationError, Settings, check_startup, configure_logging
 
 log = logging.getLogger("entrypoints.cli")
@@ -30,6 +34,12 @@ def serve(args: argparse.Namespace) -> int:
         check_startup(settings)
     except ConfigurationError as exc:
         log.error("%s", exc)
+        return 2
+    if settings.hosted and args.workers > 1 and not settings.redis_url:
+        log.error(
+            "hosted mode with --workers %d needs REDIS_URL: without it each process would count quotas of its own",
+            args.workers,
+        )
         return 2
     logging.getLogger().setLevel(settings.log_level)
     log_config = uvicorn.config.LOGGING_CONFIG | {
@@ -186,6 +196,72 @@ def cache_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _accounts_command(action: Callable[[Container], T]) -> T | int:
+    """Run an operator's account command on the service's database (migrated first); 1 (logged) when it fails."""
+    settings = Settings()
+    if not settings.hosted:
+        log.error("accounts belong to the hosted mode: set HOSTED=true (and JWT_SECRET, DATABASE_URL as the server)")
+        return 2
+    container = build_container(settings)
+    try:
+        container.database().prepare()
+        return action(container)
+    except DomainError as exc:
+        log.error("%s", exc.message)
+        return 2
+    except Exception as exc:
+        log.error("the account database failed: %s", describe_failure(exc))
+        return 1
+    finally:
+        container.database().close()
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
+
+    first = getpass.getpass("password for the new account: ")
+    if getpass.getpass("again: ") != first:
+        raise SystemExit("the passwords differ")
+    return first
+
+
+def accounts_create(args: argparse.Namespace) -> int:
+    password = _password(args)
+
+    def create(container: Container) -> int:
+        created = asyncio.run(
+            use_case(container, SignUp).execute(args.email, password, Tier(args.tier), by_operator=True)
+        )
+        print(f"user_id={created.account.id} tier={created.account.tier} api_key={created.api_key}")
+        return 0
+
+    return _code(_accounts_command(create))
+
+
+def accounts_set_tier(args: argparse.Namespace) -> int:
+    def set_tier(container: Container) -> int:
+        account = use_case(container, SetTier).execute(args.email, Tier(args.tier))
+        print(f"{account.email} {account.id} tier={account.tier}")
+        return 0
+
+    return _code(_accounts_command(set_tier))
+
+
+def accounts_list(_: argparse.Namespace) -> int:
+    def listing(container: Container) -> int:
+        for account in use_case(container, ListAccounts).execute():
+            print(f"{account.id}\t{account.email}\t{account.tier}\t{account.created_at.isoformat()}")
+        return 0
+
+    return _code(_accounts_command(listing))
+
+
+def _code(result: object) -> int:
+    return result if isinstance(result, int) else 1
+
+
 def keygen(_: argparse.Namespace) -> int:
     print(secrets.token_urlsafe(32))
     return 0
@@ -277,6 +353,24 @@ def parser() -> argparse.ArgumentParser:
     stats_whose.add_argument("--shared", action="store_true")
     stats_cmd.set_defaults(func=cache_stats)
 
+    accounts = commands.add_parser("accounts", help="hosted-mode accounts (HOSTED=true; DATABASE_URL or DATA_DIR)")
+    accounts_cmd = accounts.add_subparsers(dest="accounts_command", required=True)
+    create_cmd = accounts_cmd.add_parser(
+        "create", help="create an account (even with SIGNUP_ENABLED=false) and print its first API key"
+    )
+    create_cmd.add_argument("email")
+    create_cmd.add_argument("--tier", choices=[t.value for t in Tier], default=Tier.FREE.value)
+    create_cmd.add_argument(
+        "--password-stdin", action="store_true", help="read the password from the first line of stdin (no prompt)"
+    )
+    create_cmd.set_defaults(func=accounts_create)
+    tier_cmd = accounts_cmd.add_parser("set-tier", help="move an account to another tier")
+    tier_cmd.add_argument("email")
+    tier_cmd.add_argument("tier", choices=[t.value for t in Tier])
+    tier_cmd.set_defaults(func=accounts_set_tier)
+    list_cmd = accounts_cmd.add_parser("list", help="id, email, tier and creation time of every account")
+    list_cmd.set_defaults(func=accounts_list)
+
     keygen_cmd = commands.add_parser("keygen", help="print a new random API key")
     keygen_cmd.set_defaults(func=keygen)
     env_cmd = commands.add_parser("ensure-env-key", help="make sure the env file holds an API key (dev setup)")
@@ -289,7 +383,12 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     configure_logging()
     args = parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        log.error("invalid configuration: %s", problems)
+        return 2
     return code
 
 

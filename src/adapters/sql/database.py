@@ -38,6 +38,7 @@ MIGRATION_TIMEOUT_S = 600.0  # a schema upgrade may take longer than a lookup; c
 FRESH = "embedding_cache_fresh"  # in a pool record's info: connected just now, no ping needed
 
 log = logging.getLogger(__name__)
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # one line per plugin at every start-up
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
