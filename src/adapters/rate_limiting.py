@@ -32,8 +32,8 @@ def window_state(charge: Charge, used: int, now: float) -> WindowState:
 
 
 def exceeds(charge: Charge, used: int) -> bool:
-    """Whether `charge` does not fit on top of `used`; a cost of 0 asks whether the window is already full."""
-    return used + max(charge.cost, 1) > charge.limit
+    """Whether `charge` does not fit on top of `used`; a cost of 0 always fits (it only reads the window's state)."""
+    return used + charge.cost > charge.limit
 
 
 def admission(charges: Sequence[Charge], used: Sequence[int], refused: int | None, now: float) -> Admission:
@@ -88,7 +88,7 @@ for i, key in ipairs(KEYS) do
   local limit = tonumber(ARGV[3 * i - 2])
   local cost = tonumber(ARGV[3 * i - 1])
   used[i] = tonumber(redis.call('GET', key) or '0')
-  if refused == 0 and used[i] + math.max(cost, 1) > limit then
+  if refused == 0 and used[i] + cost > limit then
     refused = i
   end
 end

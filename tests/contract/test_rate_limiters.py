@@ -113,13 +113,14 @@ def test_reset_s_counts_down_to_the_end_of_the_window(limiter: RateLimiter) -> N
     assert [window.reset_s for window in windows] == pytest.approx([50_357.75, 17.75, 3_557.75])
 
 
-def test_cost_zero_asks_whether_the_window_is_full(limiter: RateLimiter) -> None:
+def test_cost_zero_reads_the_window_and_always_fits(limiter: RateLimiter) -> None:
     check = per_minute(limit=2, cost=0)
     assert limiter.hit([check], NOW) == Admission((WindowState(check, 0, 30.0),))
     limiter.hit([per_minute(limit=2)], NOW)
     assert limiter.hit([check], NOW) == Admission((WindowState(check, 1, 30.0),))
     limiter.hit([per_minute(limit=2)], NOW)
-    assert limiter.hit([check], NOW).refused == WindowState(check, 2, 30.0)
+    assert limiter.hit([check], NOW) == Admission((WindowState(check, 2, 30.0),))  # full, yet nothing asked of it
+    assert limiter.hit([check, per_minute(limit=2, key="other")], NOW).allowed
     assert used(limiter, per_minute(limit=5)) == 2
 
 
