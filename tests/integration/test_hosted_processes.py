@@ -173,7 +173,9 @@ def test_sigterm_writes_buffered_usage(tmp_path: Path) -> None:
                     f"{server.base}/v1/embed/batch", json={"texts": texts}, headers=bearer(api_key), timeout=30
                 )
                 assert response.status_code == 200, response.text
-            embedded = httpx.post(f"{server.base}/v1/embed", json={"text": "seven"}, headers=bearer(api_key))
+            embedded = httpx.post(
+                f"{server.base}/v1/embed", json={"text": "seven"}, headers=bearer(api_key), timeout=30
+            )
             assert embedded.status_code == 200, embedded.text
             assert server.stop() in (0, -signal.SIGTERM), server.log()
             assert any("Application shutdown complete" in line for line in server.lines), server.log()

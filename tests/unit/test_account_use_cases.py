@@ -1,0 +1,218 @@
+"""Account, key, quota and usage use cases on the in-memory stores (the same stores the SQL ones are held to), and
+the buffered usage writer: nothing lost when a write fails, everything written on close."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from adapters.memory_accounts import InMemoryAccounts, InMemoryAccountStore, InMemoryApiKeyStore, InMemoryUsageLedger
+from adapters.rate_limiting import InMemoryRateLimiter
+from adapters.security import BcryptPasswordHasher
+from adapters.usage_buffer import BufferedUsageRecorder
+from domain.errors import EmailTaken, InvalidCredentials, InvalidInput, RateLimited, SignupClosed, Unauthenticated
+from domain.model import Caller, Tier, UsageRecord
+from domain.use_cases import (
+    AuthenticateCaller,
+    GetUsage,
+    LogIn,
+    LoginThrottle,
+    MeterRequests,
+    RevokeKey,
+    SignUp,
+    TierLimits,
+)
+from domain.use_cases.keys import utc_now
+
+TODAY = datetime.now(UTC).date()
+
+
+class FakeTokens:
+    expires_in = 60
+
+    def issue(self, account_id: str) -> str:
+        return f"token-for-{account_id}"
+
+    def subject(self, token: str) -> str | None:
+        return token.removeprefix("token-for-") if token.startswith("token-for-") else None
+
+
+def test_signup_stores_a_hash_and_a_key_digest_only() -> None:
+    async def scenario() -> None:
+        state = InMemoryAccounts()
+        hasher = BcryptPasswordHasher(rounds=4)
+        created = await SignUp(InMemoryAccountStore(state), hasher, enabled=True).execute(
+            " Ada@Example.COM ", "pw-12345678"
+        )
+        account = state.accounts[created.account.id]
+        assert account.email == "ada@example.com" and account.tier is Tier.FREE
+        assert account.password_hash != "pw-12345678" and hasher.verify("pw-12345678", account.password_hash)
+        (stored,) = state.keys.values()
+        assert created.api_key not in repr(stored) and stored.prefix == created.api_key[:12]
+        with pytest.raises(EmailTaken):
+            await SignUp(InMemoryAccountStore(state), hasher, enabled=True).execute("ada@example.com", "pw-12345678")
+        with pytest.raises(SignupClosed):
+            await SignUp(InMemoryAccountStore(state), hasher, enabled=False).execute("b@example.com", "pw-12345678")
+        operator = await SignUp(InMemoryAccountStore(state), hasher, enabled=False).execute(
+            "b@example.com", "pw-12345678", Tier.PAID, by_operator=True
+        )
+        assert operator.account.tier is Tier.PAID
+        for bad in ("short", "x" * 73):
+            with pytest.raises(InvalidInput):
+                await SignUp(InMemoryAccountStore(state), hasher, enabled=True).execute("c@example.com", bad)
+
+    asyncio.run(scenario())
+
+
+def test_keys_authenticate_until_revoked_and_malformed_keys_are_never_looked_up() -> None:
+    async def scenario() -> None:
+        state = InMemoryAccounts()
+        created = await SignUp(InMemoryAccountStore(state), BcryptPasswordHasher(4), enabled=True).execute(
+            "ada@example.com", "pw-12345678"
+        )
+        lookups: list[bytes] = []
+
+        class CountingKeys(InMemoryApiKeyStore):
+            def find(self, digest: bytes):  # type: ignore[no-untyped-def]
+                lookups.append(digest)
+                return super().find(digest)
+
+        keys = CountingKeys(state)
+        auth = AuthenticateCaller({}, keys)
+        caller = await auth.execute(created.api_key)
+        assert caller == Caller(
+            account_id=created.account.id, key_id=caller.key_id, tier=Tier.FREE, tenant=created.account.id
+        )
+        broken = created.api_key[:-1] + ("A" if created.api_key[-1] != "A" else "B")
+        with pytest.raises(Unauthenticated):
+            await auth.execute(broken)
+        assert len(lookups) == 1  # the checksum refused it
+        await RevokeKey(keys).execute(created.account, created.api_key[:12])
+        with pytest.raises(Unauthenticated):
+            await auth.execute(created.api_key)
+
+    asyncio.run(scenario())
+
+
+def test_login_checks_unknown_emails_against_the_dummy_hash_and_throttles_failures() -> None:
+    async def scenario() -> None:
+        state = InMemoryAccounts()
+        hasher = BcryptPasswordHasher(4)
+        store = InMemoryAccountStore(state)
+        ada = (await SignUp(store, hasher, enabled=True).execute("ada@example.com", "pw-12345678")).account.id
+        checked: list[str] = []
+
+        class Watching(BcryptPasswordHasher):
+            def verify(self, password: str, hashed: str) -> bool:
+                checked.append(hashed)
+                return super().verify(password, hashed)
+
+        login = LogIn(store, Watching(4), FakeTokens(), InMemoryRateLimiter(), hasher.dummy_hash, LoginThrottle(2, 60))
+        with pytest.raises(InvalidCredentials):
+            await login.execute("nobody@example.com", "pw-12345678")
+        assert checked == [hasher.dummy_hash]
+        assert await login.execute("ada@example.com", "pw-12345678") == (f"token-for-{ada}", 60)
+        for _ in range(2):
+            with pytest.raises(InvalidCredentials):
+                await login.execute("ada@example.com", "wrong-password")
+        with pytest.raises(RateLimited):
+            await login.execute("ADA@example.com", "pw-12345678")  # two failures for this email already
+
+    asyncio.run(scenario())
+
+
+def test_quotas_count_texts_per_day_and_requests_per_minute_and_refunds_give_texts_back() -> None:
+    async def scenario() -> None:
+        now = [1_700_000_000.0]
+        meter = MeterRequests(InMemoryRateLimiter(), {Tier.FREE: TierLimits(5, 3)}, clock=lambda: now[0])
+        caller = Caller(account_id="usr_a", key_id="key_a", tier=Tier.FREE, tenant="usr_a")
+        assert await meter.admit(Caller(tenant="static"), 1000) is None  # static keys are not metered
+        first = await meter.admit(caller, 4)
+        assert first is not None and [w.remaining for w in first.admission.windows] == [1, 2]
+        with pytest.raises(RateLimited) as refused:
+            await meter.admit(caller, 2)
+        assert (refused.value.window, refused.value.limit) == ("day", 5)
+        await meter.refund(first)
+        second = await meter.admit(caller, 5)
+        assert second is not None
+        assert await meter.admit(caller, 0) is not None  # the third request of the minute (a refusal is not one)
+        with pytest.raises(RateLimited) as per_minute:
+            await meter.admit(caller, 0)
+        assert per_minute.value.window == "minute"
+        now[0] += 60
+        assert await meter.admit(caller, 0) is not None  # a new minute; the day is full but this asks no texts
+
+    asyncio.run(scenario())
+
+
+class FlakyLedger(InMemoryUsageLedger):
+    def __init__(self, state: InMemoryAccounts) -> None:
+        super().__init__(state)
+        self.failing = False
+
+    def add(self, records: Sequence[UsageRecord]) -> None:
+        if self.failing:
+            raise ConnectionError("database went away")
+        super().add(records)
+
+
+def test_buffered_usage_survives_failed_writes_and_is_written_on_close(caplog: pytest.LogCaptureFixture) -> None:
+    state = InMemoryAccounts()
+    ledger = FlakyLedger(state)
+    recorder = BufferedUsageRecorder(ledger, flush_s=3600)
+    one = UsageRecord("usr_a", TODAY, "m", requests=1, texts=2, tokens=10, cache_hits=1, cache_misses=1)
+    recorder.record(one)
+    ledger.failing = True
+    with caplog.at_level(logging.WARNING, logger="adapters.usage_buffer"), pytest.raises(ConnectionError):
+        recorder.flush()
+    recorder.record(one)
+    assert recorder.read("usr_a", TODAY - timedelta(days=1)) == [one.plus(one)]  # nothing lost, nothing doubled
+    ledger.failing = False
+    recorder.record(one)
+    recorder.close()
+    assert ledger.read("usr_a", TODAY) == [one.plus(one).plus(one)]
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+
+def test_get_usage_reads_the_window_newest_first() -> None:
+    async def scenario() -> None:
+        state = InMemoryAccounts()
+        ledger = InMemoryUsageLedger(state)
+        ledger.add(
+            [
+                UsageRecord("usr_a", TODAY, "m", requests=1),
+                UsageRecord("usr_a", TODAY - timedelta(days=3), "m", requests=2),
+                UsageRecord("usr_b", TODAY, "m", requests=5),
+            ]
+        )
+        usage = GetUsage(BufferedUsageRecorder(ledger), today=lambda: TODAY)
+        report = await usage.execute("usr_a", 2)
+        assert [r.requests for r in report.rows] == [1] and report.since == TODAY - timedelta(days=1)
+        report = await usage.execute("usr_a", 7)
+        assert [r.day for r in report.rows] == [TODAY, TODAY - timedelta(days=3)] and report.totals.requests == 3
+        with pytest.raises(InvalidInput):
+            await usage.execute("usr_a", 0)
+
+    asyncio.run(scenario())
+
+
+def test_key_activity_is_buffered_then_written_in_one_touch() -> None:
+    state = InMemoryAccounts()
+    touched: list[dict[str, datetime]] = []
+
+    class Keys(InMemoryApiKeyStore):
+        def touch(self, last_used):  # type: ignore[no-untyped-def]
+            touched.append(dict(last_used))
+
+    recorder = BufferedUsageRecorder(InMemoryUsageLedger(state), Keys(state), flush_s=3600)
+    early, late = utc_now(), utc_now() + timedelta(seconds=5)
+    for moment in (early, late, early):
+        recorder.touch("key_1", moment)
+    assert recorder.last_used("key_1") == late
+    recorder.flush()
+    assert touched == [{"key_1": late}]
+    assert recorder.last_used("key_1") is None
