@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -15,11 +16,17 @@ from entrypoints.http.errors import domain_error_response
 log = logging.getLogger("entrypoints.http.access")
 
 
+KEY_PREFIX_CHARS = 12  # what names an API key in listings: not a secret
+_CREDENTIAL_LIKE = re.compile(r"(vec_[0-9A-Za-z]{8})[^/]+|[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,}")
+
+
 def logged_path(scope: Scope) -> str:
     """The path as the client sent it (still percent-encoded, so a %0a cannot start a forged log line), with any
-    other byte outside printable ASCII escaped."""
+    other byte outside printable ASCII escaped, and anything shaped like a credential cut: an API key pasted where
+    its prefix belongs (DELETE /v1/keys/vec_...) keeps only its 12-character prefix, a JWT is dropped."""
     raw = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
-    return "".join(chr(b) if 0x21 <= b <= 0x7E else f"\\x{b:02x}" for b in raw)
+    path = "".join(chr(b) if 0x21 <= b <= 0x7E else f"\\x{b:02x}" for b in raw)
+    return _CREDENTIAL_LIKE.sub(lambda m: f"{m.group(1)}..." if m.group(1) else "<token>", path)
 
 
 class BodySizeLimit:
