@@ -28,9 +28,9 @@ class _SqlStore:
         self._db = database
 
     @contextmanager
-    def _transaction(self, what: str) -> Iterator[Connection]:
+    def _transaction(self, what: str, *, read_only: bool = False) -> Iterator[Connection]:
         try:
-            with self._db.unit_of_work() as connection:
+            with self._db.read() if read_only else self._db.unit_of_work() as connection:
                 yield connection
         except (EmailTaken, UnknownAccount):
             raise
@@ -106,7 +106,7 @@ class SqlAccountStore(_SqlStore):
         return self._one("account lookup", accounts.c.id == account_id)
 
     def _one(self, what: str, condition: Any) -> Account | None:
-        with self._transaction(what) as connection:
+        with self._transaction(what, read_only=True) as connection:
             row = connection.execute(select(accounts).where(condition)).first()
         return _account(row) if row is not None else None
 
@@ -124,22 +124,27 @@ class SqlAccountStore(_SqlStore):
         return [_account(row) for row in rows]
 
 
+FIND_KEY = (
+    select(
+        api_keys,
+        accounts.c.email,
+        accounts.c.password_hash,
+        accounts.c.tier,
+        accounts.c.created_at.label("account_created_at"),
+    )
+    .select_from(api_keys.join(accounts, api_keys.c.account_id == accounts.c.id))
+    .where(api_keys.c.digest == bindparam("digest"))
+)  # built once: every authenticated request runs it
+
+
 class SqlApiKeyStore(_SqlStore):
     def add(self, key: ApiKey) -> None:
         with self._transaction("key creation") as connection:
             connection.execute(api_keys.insert().values(**_key_row(key)))
 
     def find(self, digest: bytes) -> tuple[ApiKey, Account] | None:
-        joined = api_keys.join(accounts, api_keys.c.account_id == accounts.c.id)
-        statement = select(
-            api_keys,
-            accounts.c.email,
-            accounts.c.password_hash,
-            accounts.c.tier,
-            accounts.c.created_at.label("account_created_at"),
-        ).select_from(joined)
-        with self._transaction("key lookup") as connection:
-            row = connection.execute(statement.where(api_keys.c.digest == digest)).first()
+        with self._transaction("key lookup", read_only=True) as connection:
+            row = connection.execute(FIND_KEY, {"digest": digest}).first()
         if row is None:
             return None
         m = row._mapping
@@ -214,7 +219,7 @@ class SqlUsageLedger(_SqlStore):
             connection.execute(statement, rows)
 
     def read(self, account_id: str, since: date) -> list[UsageRecord]:
-        with self._transaction("usage read") as connection:
+        with self._transaction("usage read", read_only=True) as connection:
             rows = connection.execute(select(usage).where(usage.c.account_id == account_id, usage.c.day >= since)).all()
         return [
             UsageRecord(

@@ -10,7 +10,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,11 @@ class SqlDatabase:
             yield connection
 
     unit_of_work = transaction
+
+    def read(self) -> AbstractContextManager[Connection]:
+        """For one read-only statement: a transaction here; PostgreSQL overrides it with an autocommit connection
+        (one round trip instead of BEGIN, the statement and COMMIT)."""
+        return self.transaction()
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -232,6 +237,12 @@ class PostgresDatabase(SqlDatabase):
             },
         )
         super().__init__(engine, timeout_s, shutdown_socket, network=True)
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self._watchdog.operation(), self._engine.connect() as connection:
+            self._watchdog.check()
+            yield connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def use_wal(dbapi_connection: Any, timeout_s: float) -> None:
