@@ -81,6 +81,9 @@ def test_requests_go_on_while_the_database_is_down(caplog: pytest.LogCaptureFixt
             "hits": 4,
             "misses": 4,
             "entries": 4,
+            "cache_hits": 4,
+            "cache_misses": 4,
+            "total_cached": 4,
         }
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings  # one line per outage, not one per request
