@@ -375,6 +375,16 @@ def test_malformed_json_is_422_invalid_request_naming_the_reason(client: TestCli
     assert f"JSON decode error: {reason}" in error(response)["message"]
 
 
+@pytest.mark.parametrize("path", ["/embed", "/embed/batch", "/v1/embed", "/v1/embed/batch"])
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-key"}])
+def test_a_caller_without_a_valid_key_gets_401_whatever_the_body(
+    client: TestClient, path: str, headers: dict[str, str]
+) -> None:
+    for body in (b"{not json", b'{"input": "a \\ud800 b"}', b"[1, 2]"):
+        response = client.post(path, content=body, headers={**headers, "content-type": "application/json"})
+        assert (response.status_code, error(response)["type"]) == (401, "unauthenticated")
+
+
 def test_escaped_surrogate_pairs_and_a_byte_order_mark_are_valid_json(client: TestClient) -> None:
     pair = client.post(
         "/embed", content=b'{"input": "\\ud83d\\ude00"}', headers={**AUTH, "content-type": "application/json"}

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from domain import errors
+from entrypoints.http.json_body import JSON_ERROR
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,19 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         union = request.url.path == "/embed"
         problems = []
-        for err in exc.errors():
+        found = exc.errors()
+        not_json = request.scope.get(JSON_ERROR)
+        if not_json is not None:  # the body was no JSON: that is the one problem, whatever else validation says
+            position, reason = not_json
+            found = [
+                {
+                    "type": "json_invalid",
+                    "loc": ("body", position),
+                    "msg": "JSON decode error",
+                    "ctx": {"error": reason},
+                }
+            ]
+        for err in found:
             location = _location(tuple(err.get("loc", ())), union)
             problems.append({"location": ".".join(map(str, location)), "message": _message(err, location)})
         summary = "; ".join(f"{p['location']}: {p['message']}" for p in problems)

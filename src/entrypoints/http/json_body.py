@@ -2,7 +2,8 @@
 
 Python's json module accepts what an embedding request must not carry: unpaired surrogate escapes ("\\ud800", not
 text any tokenizer can encode, nor any JSON encoder write back), NaN and Infinity, and any byte encoding it can
-guess. orjson refuses them as malformed JSON, so FastAPI answers 422 before a route or the model sees the body.
+guess. orjson refuses them as malformed JSON: 422 with the parser's reason, after authentication (a caller without
+a valid key gets 401 whatever it sent), before a route or the model sees the body.
 """
 
 from __future__ import annotations
@@ -15,12 +16,22 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
 UTF8_BOM = b"\xef\xbb\xbf"  # RFC 8259 lets parsers ignore one
+JSON_ERROR = "embedding_service.json_error"  # in the request scope: where and why the body is not JSON
+
+
+class InvalidJSON:
+    """Stands in for a body that is not JSON until the route's dependencies (authentication first) have run: the
+    body then fails validation, and the error handler reports the parser's reason (JSON_ERROR) instead."""
 
 
 class StrictJSONRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = orjson.loads((await self.body()).removeprefix(UTF8_BOM))
+            try:
+                self._json = orjson.loads((await self.body()).removeprefix(UTF8_BOM))
+            except orjson.JSONDecodeError as exc:
+                self.scope[JSON_ERROR] = (exc.pos, exc.msg)
+                self._json = InvalidJSON()
         return self._json
 
 
