@@ -1,5 +1,6 @@
 """Resilience around outside stores: the fail-safe embedding cache requests go through (a storage failure is a miss,
-an outage is probed in the background), and the one-line description of a driver's failure that logs may show."""
+an outage is probed in the background), the rate limiter that falls back to counting in the process while Redis is
+down, and the one-line description of a driver's failure that logs may show."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import asyncio
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 from domain.errors import CacheUnavailable
-from domain.model import CacheScope, CacheStats, Vector
-from domain.ports import EmbeddingCache
+from domain.model import Admission, CacheScope, CacheStats, Charge, Vector
+from domain.ports import EmbeddingCache, RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -261,3 +263,108 @@ class FailSafeCache:
             down_for,
             skipped,
         )
+
+
+class FailoverRateLimiter:
+    """The primary limiter (Redis) while it answers; when it raises, the fallback (in this process) answers instead
+    and the primary is left alone for `retry_after_s`, after which one call tries it again. One warning is logged
+    per outage and one line when the primary answers again.
+
+    A refund goes where its hit was consumed: hits the fallback allowed are remembered by (charges, now), the
+    arguments `refund` receives, for the last `remembered_refunds` of them; any other refund goes to the primary,
+    and is lost (the units stay consumed until their window ends) when the primary cannot be reached."""
+
+    def __init__(
+        self,
+        primary: RateLimiter,
+        fallback: RateLimiter,
+        retry_after_s: float = 5.0,
+        *,
+        remembered_refunds: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._primary = primary
+        self._fallback = fallback
+        self._retry_after_s = retry_after_s
+        self._remembered_refunds = remembered_refunds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._outage = False
+        self._retry_at = float("-inf")
+        self._answered_by_fallback: OrderedDict[tuple[tuple[Charge, ...], float], int] = OrderedDict()
+
+    @property
+    def in_outage(self) -> bool:
+        return self._outage
+
+    def hit(self, charges: Sequence[Charge], now: float) -> Admission:
+        if self._primary_due():
+            try:
+                answer = self._primary.hit(charges, now)
+            except Exception as error:
+                self._primary_failed(error)
+            else:
+                self._primary_answered()
+                return answer
+        answer = self._fallback.hit(charges, now)
+        if answer.allowed:
+            self._remember(tuple(charges), now)
+        return answer
+
+    def refund(self, charges: Sequence[Charge], now: float) -> None:
+        if self._forget(tuple(charges), now):
+            self._fallback.refund(charges, now)
+        elif self._primary_due():
+            try:
+                self._primary.refund(charges, now)
+            except Exception as error:
+                self._primary_failed(error)
+            else:
+                self._primary_answered()
+
+    def _primary_due(self) -> bool:
+        """Whether to call the primary; during an outage only the first call after `retry_after_s` does."""
+        with self._lock:
+            if not self._outage:
+                return True
+            if self._clock() < self._retry_at:
+                return False
+            self._retry_at = self._clock() + self._retry_after_s
+            return True
+
+    def _primary_failed(self, error: Exception) -> None:
+        with self._lock:
+            self._retry_at = self._clock() + self._retry_after_s
+            if self._outage:
+                return
+            self._outage = True
+        log.warning(
+            "Rate limiter: Redis is unreachable (%s); counting in this process only, retrying every %.1f s",
+            type(error).__name__,
+            self._retry_after_s,
+        )
+
+    def _primary_answered(self) -> None:
+        with self._lock:
+            if not self._outage:
+                return
+            self._outage = False
+        log.info("Rate limiter: Redis recovered; counting in Redis again")
+
+    def _remember(self, charges: tuple[Charge, ...], now: float) -> None:
+        with self._lock:
+            self._answered_by_fallback[charges, now] = self._answered_by_fallback.get((charges, now), 0) + 1
+            self._answered_by_fallback.move_to_end((charges, now))
+            while len(self._answered_by_fallback) > self._remembered_refunds:
+                self._answered_by_fallback.popitem(last=False)
+
+    def _forget(self, charges: tuple[Charge, ...], now: float) -> bool:
+        with self._lock:
+            count = self._answered_by_fallback.get((charges, now), 0)
+            if count == 0:
+                return False
+            if count == 1:
+                del self._answered_by_fallback[charges, now]
+            else:
+                self._answered_by_fallback[charges, now] = count - 1
+            return True

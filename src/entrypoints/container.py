@@ -16,8 +16,8 @@ from adapters.model_provisioning import (
     PyPIModelSource,
     VerifiedModelProvisioner,
 )
-from adapters.rate_limiting import FailoverRateLimiter, InMemoryRateLimiter
-from adapters.resilience import FailSafeCache
+from adapters.rate_limiting import InMemoryRateLimiter
+from adapters.resilience import FailoverRateLimiter, FailSafeCache
 from adapters.sentence_transformer_loader import SentenceTransformerLoader
 from adapters.usage_buffer import BufferedUsageRecorder, NoUsageRecorder
 from domain.model import Limits, Tier, resolve_model

@@ -425,7 +425,7 @@ def test_requests_are_served_while_redis_is_down(tmp_path: Path, caplog: pytest.
     try:
         time.sleep(0.3)
         settings = {"redis_url": f"redis://127.0.0.1:{port}/0", "cache_retry_seconds": 0.3}
-        with hosted(tmp_path, **settings) as client, caplog.at_level(logging.INFO, logger="adapters.rate_limiting"):
+        with hosted(tmp_path, **settings) as client, caplog.at_level(logging.INFO, logger="adapters.resilience"):
             key = bearer(signup(client))
             assert client.post("/v1/embed", json={"text": "x"}, headers=key).status_code == 200
             redis_server.terminate()

@@ -18,7 +18,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from adapters.rate_limiting import FailoverRateLimiter, InMemoryRateLimiter, RedisRateLimiter
+from adapters.rate_limiting import InMemoryRateLimiter, RedisRateLimiter
+from adapters.resilience import FailoverRateLimiter
 from domain.model import Admission, Charge, WindowState
 from domain.ports import RateLimiter
 from tests.support import free_port
@@ -263,7 +264,7 @@ def counter(port: int, limiter: RedisRateLimiter, charge: Charge) -> int:
 
 
 def rate_limiter_logs(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "adapters.rate_limiting" and r.levelno == level]
+    return [r.getMessage() for r in caplog.records if r.name == "adapters.resilience" and r.levelno == level]
 
 
 def test_hits_are_counted_in_process_while_redis_is_down(caplog: pytest.LogCaptureFixture) -> None:
@@ -271,7 +272,7 @@ def test_hits_are_counted_in_process_while_redis_is_down(caplog: pytest.LogCaptu
     redis_limiter = RedisRateLimiter.from_url(f"redis://:secret-password@127.0.0.1:{port}/0", timeout_s=0.2)
     fallback = InMemoryRateLimiter()
     limiter = FailoverRateLimiter(redis_limiter, fallback, retry_after_s=0.2)
-    with caplog.at_level(logging.INFO, logger="adapters.rate_limiting"):
+    with caplog.at_level(logging.INFO, logger="adapters.resilience"):
         with redis_server(port, password="secret-password"):
             assert limiter.hit([charge], NOW).windows[0].used == 1
         answers = [limiter.hit([charge], NOW) for _ in range(20)]
@@ -290,7 +291,7 @@ def test_redis_is_used_again_once_it_recovers(caplog: pytest.LogCaptureFixture) 
     redis_limiter = RedisRateLimiter.from_url(f"redis://127.0.0.1:{port}/0", timeout_s=0.2)
     fallback = InMemoryRateLimiter()
     limiter = FailoverRateLimiter(redis_limiter, fallback, retry_after_s=0.2)
-    with caplog.at_level(logging.INFO, logger="adapters.rate_limiting"):
+    with caplog.at_level(logging.INFO, logger="adapters.resilience"):
         with redis_server(port):
             limiter.hit([charge], NOW)
         limiter.hit([charge], NOW)

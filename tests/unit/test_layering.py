@@ -102,3 +102,24 @@ def test_sqlalchemy_loads_only_for_a_sql_cache(cache: str, loaded: bool, tmp_pat
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(loaded)
+
+
+def test_redis_bcrypt_and_jwt_load_only_for_the_hosted_mode(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def loaded(hosted: bool) -> str:
+        extra = f", hosted=True, jwt_secret='{'s' * 40}', redis_url='redis://127.0.0.1:6379/0'" if hosted else ""
+        code = (
+            "import sys; from fastapi.testclient import TestClient; from entrypoints.http.app import create_app;"
+            "from entrypoints.settings import Settings;"
+            f"app = create_app(Settings(_env_file=None, embedder_backend='fake', allow_unauthenticated=True,"
+            f" data_dir='{tmp_path}'{extra}));"
+            "client = TestClient(app).__enter__();"
+            "client.post('/v1/auth/login', json={'email': 'a@b.co', 'password': 'x'});"
+            "print(*(name in sys.modules for name in ('redis', 'bcrypt', 'jwt')))"
+        )
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+    assert loaded(False) == "False False False"
+    assert loaded(True) == "True True True"
