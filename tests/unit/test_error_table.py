@@ -35,3 +35,19 @@ def test_statuses_follow_the_contract() -> None:
     assert STATUS_BY_ERROR[errors.Timeout] == 504
     assert STATUS_BY_ERROR[errors.BackendFailure] == 503
     assert STATUS_BY_ERROR[errors.Overloaded] == 503
+
+
+def test_rows_carry_the_wire_type_and_headers() -> None:
+    from entrypoints.http.errors import ERROR_TABLE, domain_error_response
+
+    assert all(row.type and row.type == row.type.lower() for row in ERROR_TABLE.values())
+    limited = errors.RateLimited("over", retry_after_s=42, limit=10, window="day", reset_at="2026-11-25T00:00:00Z")
+    response = domain_error_response(limited, {"RateLimit": '"day";r=0;t=42'})
+    assert (response.status_code, response.headers["retry-after"]) == (429, "42")
+    assert response.headers["ratelimit"] == '"day";r=0;t=42'  # the caller's rate-limit headers ride along
+    assert b'"type":"rate_limited"' in response.body and b'"window":"day"' in response.body
+    for cls in (errors.Unauthenticated, errors.InvalidCredentials, errors.SessionRequired):
+        assert domain_error_response(cls()).headers["www-authenticate"] == "Bearer"
+    assert domain_error_response(errors.Overloaded(7)).headers["retry-after"] == "7"
+    assert domain_error_response(errors.AccountsUnavailable()).headers["retry-after"] == "5"
+    assert b'"type":"invalid_credentials"' in domain_error_response(errors.InvalidCredentials()).body
