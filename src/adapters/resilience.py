@@ -19,6 +19,39 @@ from domain.ports import EmbeddingCache, RateLimiter
 log = logging.getLogger(__name__)
 
 
+class OutageLog:
+    """One warning when `what` starts failing, one line when it answers again; failures in between go to DEBUG."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._failures = 0
+
+    def failed(self, operation: str, exc: BaseException) -> None:
+        with self._lock:
+            first = self._down_since is None
+            if first:
+                self._down_since, self._failures = time.monotonic(), 0
+            self._failures += 1
+        log.log(
+            logging.WARNING if first else logging.DEBUG,
+            "%s %s failed (%s)",
+            self._what,
+            operation,
+            describe_failure(exc),
+        )
+
+    def answered(self) -> None:
+        if self._down_since is None:  # the common case, without the lock
+            return
+        with self._lock:
+            if self._down_since is None:
+                return
+            down_for, failures, self._down_since = time.monotonic() - self._down_since, self._failures, None
+        log.info("%s answers again after %.1f s (%d calls failed meanwhile)", self._what, down_for, failures)
+
+
 def describe_failure(exc: BaseException) -> str:
     """One short line naming a storage failure: the driver's first line, never the statement or its parameters."""
     cause = getattr(exc, "orig", None) or exc
@@ -270,9 +303,10 @@ class FailoverRateLimiter:
     and the primary is left alone for `retry_after_s`, after which one call tries it again. One warning is logged
     per outage and one line when the primary answers again.
 
-    A refund goes where its hit was consumed: hits the fallback allowed are remembered by (charges, now), the
-    arguments `refund` receives, for the last `remembered_refunds` of them; any other refund goes to the primary,
-    and is lost (the units stay consumed until their window ends) when the primary cannot be reached."""
+    A refund goes where its hit was consumed: each charge of a hit the fallback allowed is remembered by (charge,
+    now), as `refund` receives them (a refund may give back only some of a hit's charges), for the last
+    `remembered_refunds` of them; any other charge is refunded to the primary, and is lost (the units stay consumed
+    until their window ends) when the primary cannot be reached."""
 
     def __init__(
         self,
@@ -291,7 +325,7 @@ class FailoverRateLimiter:
         self._lock = threading.Lock()
         self._outage = False
         self._retry_at = float("-inf")
-        self._answered_by_fallback: OrderedDict[tuple[tuple[Charge, ...], float], int] = OrderedDict()
+        self._answered_by_fallback: OrderedDict[tuple[Charge, float], int] = OrderedDict()
 
     @property
     def in_outage(self) -> bool:
@@ -308,15 +342,18 @@ class FailoverRateLimiter:
                 return answer
         answer = self._fallback.hit(charges, now)
         if answer.allowed:
-            self._remember(tuple(charges), now)
+            for charge in charges:
+                self._remember(charge, now)
         return answer
 
     def refund(self, charges: Sequence[Charge], now: float) -> None:
-        if self._forget(tuple(charges), now):
-            self._fallback.refund(charges, now)
-        elif self._primary_due():
+        counted_here = [charge for charge in charges if self._forget(charge, now)]
+        if counted_here:
+            self._fallback.refund(counted_here, now)
+        elsewhere = [charge for charge in charges if charge not in counted_here]
+        if elsewhere and self._primary_due():
             try:
-                self._primary.refund(charges, now)
+                self._primary.refund(elsewhere, now)
             except Exception as error:
                 self._primary_failed(error)
             else:
@@ -351,20 +388,20 @@ class FailoverRateLimiter:
             self._outage = False
         log.info("Rate limiter: Redis recovered; counting in Redis again")
 
-    def _remember(self, charges: tuple[Charge, ...], now: float) -> None:
+    def _remember(self, charge: Charge, now: float) -> None:
         with self._lock:
-            self._answered_by_fallback[charges, now] = self._answered_by_fallback.get((charges, now), 0) + 1
-            self._answered_by_fallback.move_to_end((charges, now))
+            self._answered_by_fallback[charge, now] = self._answered_by_fallback.get((charge, now), 0) + 1
+            self._answered_by_fallback.move_to_end((charge, now))
             while len(self._answered_by_fallback) > self._remembered_refunds:
                 self._answered_by_fallback.popitem(last=False)
 
-    def _forget(self, charges: tuple[Charge, ...], now: float) -> bool:
+    def _forget(self, charge: Charge, now: float) -> bool:
         with self._lock:
-            count = self._answered_by_fallback.get((charges, now), 0)
+            count = self._answered_by_fallback.get((charge, now), 0)
             if count == 0:
                 return False
             if count == 1:
-                del self._answered_by_fallback[charges, now]
+                del self._answered_by_fallback[charge, now]
             else:
-                self._answered_by_fallback[charges, now] = count - 1
+                self._answered_by_fallback[charge, now] = count - 1
             return True

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 import pytest
@@ -24,7 +25,7 @@ from domain.model import Tier
 from entrypoints import cli
 from entrypoints.http.app import create_app
 from entrypoints.settings import Settings
-from tests.support import API_KEY, fake_settings, free_port, postgres_database, wait_ready
+from tests.support import API_KEY, TcpProxy, fake_settings, free_port, postgres_database, wait_ready
 
 SECRET = "test-secret-" + "x" * 40
 PASSWORD = "correct horse battery"
@@ -443,3 +444,59 @@ def test_requests_are_served_while_redis_is_down(tmp_path: Path, caplog: pytest.
     finally:
         redis_server.terminate()
         redis_server.wait(5)
+
+
+def test_an_email_logs_in_as_it_was_signed_up_whatever_its_unicode_form(tmp_path: Path) -> None:
+    with hosted(tmp_path) as client:
+        for typed in ("jose\u0301@example.com", "u@\uff45xample.com"):  # a combining accent; a fullwidth e
+            signup(client, typed)
+            assert login(client, typed)
+        assert login(client, "jos\u00e9@example.com")  # the precomposed form is the same account
+        assert login(client, "U@EXAMPLE.COM")
+        taken = client.post("/v1/auth/signup", json={"email": "u@example.com", "password": PASSWORD})
+        assert taken.status_code == 409
+
+
+def test_public_takes_only_a_boolean(tmp_path: Path) -> None:
+    with hosted(tmp_path) as client:
+        key = bearer(signup(client))
+        for value in ("yes", 1, "true"):
+            answer = client.post("/v1/embed", json={"text": "x", "public": value}, headers=key)
+            assert answer.status_code == 422, value
+
+
+def test_nul_characters_are_refused_like_any_other_wrong_value_on_postgres(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with postgres_database() as url, hosted(tmp_path, database_url=url) as client, caplog.at_level(logging.WARNING):
+        signup(client)
+        token = bearer(login(client))
+        refused = client.post("/v1/auth/login", json={"email": "a\u0000b@example.com", "password": PASSWORD})
+        assert (refused.status_code, refused.json()["error"]["type"]) == (401, "invalid_credentials")
+        for prefix in ("%00", "vec_%00%00"):
+            assert client.delete(f"/v1/keys/{prefix}", headers=token).status_code == 404
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []  # no outage
+
+
+def test_logins_while_the_database_is_down_are_not_counted_as_failures(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with postgres_database() as url:
+        parts = urlsplit(url)
+        proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+        proxy.start()
+        relayed = parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}").geturl()
+        try:
+            with hosted(tmp_path, database_url=relayed, login_max_failures=2, cache_timeout_seconds=0.5) as client:
+                signup(client)
+                proxy.cut()
+                caplog.set_level(logging.INFO, logger="adapters.resilience")
+                for _ in range(4):
+                    down = client.post("/v1/auth/login", json={"email": "ada@example.com", "password": PASSWORD})
+                    assert down.status_code == 503 and down.json()["error"]["type"] == "accounts_unavailable"
+                proxy.start()
+                assert login(client)
+            outage = [r for r in caplog.records if "account database" in r.getMessage()]
+            assert [r.levelno for r in outage] == [logging.WARNING, logging.INFO]  # one per outage, the recovery
+        finally:
+            proxy.cut()

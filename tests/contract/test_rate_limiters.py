@@ -373,3 +373,18 @@ def test_refunds_go_where_their_hit_was_counted() -> None:
     limiter.refund([charge], NOW)
     limiter.refund([charge], later)
     assert (used(primary.counters, charge), used(fallback, charge)) == (0, 0)
+
+
+def test_a_refund_of_some_charges_of_a_fallback_hit_goes_to_the_fallback() -> None:
+    """The meter gives back a failed request's texts (the day charge) but not its request (the minute charge)."""
+    primary, fallback, clock = FlakyRateLimiter(), InMemoryRateLimiter(), Clock()
+    limiter = FailoverRateLimiter(primary, fallback, retry_after_s=5, clock=clock)
+    day, minute = per_day(limit=100, cost=30), per_minute(limit=10)
+    limiter.hit([day, minute], NOW)  # counted in the primary
+    primary.down = True
+    limiter.hit([day, minute], NOW + 1)  # counted in the fallback
+    primary.down = False
+    clock.now += 5
+    limiter.refund([day], NOW + 1)
+    assert (used(primary.counters, day), used(fallback, day)) == (30, 0)
+    assert (used(primary.counters, minute), used(fallback, minute)) == (1, 1)

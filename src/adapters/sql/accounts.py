@@ -11,21 +11,25 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
-from adapters.resilience import describe_failure
+from adapters.resilience import OutageLog
 from adapters.sql.database import SqlDatabase
 from adapters.sql.tables import accounts, api_keys, usage
 from adapters.sql_deadlines import DeadlineExceeded
-from domain.errors import AccountsUnavailable, EmailTaken, UnknownAccount
+from domain.errors import AccountsUnavailable, EmailTaken, InvalidInput, UnknownAccount
 from domain.model import Account, ApiKey, Tier, UsageRecord
 
 log = logging.getLogger(__name__)
 
 
+_OUTAGES: dict[int, OutageLog] = {}  # one per database: a warning per outage, not per request
+
+
 class _SqlStore:
     def __init__(self, database: SqlDatabase) -> None:
         self._db = database
+        self._outage = _OUTAGES.setdefault(id(database), OutageLog("account database"))
 
     @contextmanager
     def _transaction(self, what: str, *, read_only: bool = False) -> Iterator[Connection]:
@@ -34,9 +38,12 @@ class _SqlStore:
                 yield connection
         except (EmailTaken, UnknownAccount):
             raise
+        except DataError as exc:  # a value the database cannot hold (PostgreSQL: a NUL in text): not an outage
+            raise InvalidInput("a value in the request cannot be stored (it holds a NUL character?).") from exc
         except (SQLAlchemyError, DeadlineExceeded, OSError) as exc:
-            log.warning("account database %s failed (%s)", what, describe_failure(exc))
+            self._outage.failed(what, exc)
             raise AccountsUnavailable() from exc
+        self._outage.answered()
 
 
 def _aware(moment: datetime | None) -> datetime | None:

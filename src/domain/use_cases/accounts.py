@@ -6,12 +6,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from domain.api_keys import new_id
-from domain.errors import InvalidCredentials, InvalidInput, RateLimited, SessionRequired, SignupClosed
+from domain.errors import (
+    AccountsUnavailable,
+    InvalidCredentials,
+    InvalidInput,
+    RateLimited,
+    SessionRequired,
+    SignupClosed,
+)
 from domain.model import Account, Charge, Tier
 from domain.ports import AccountStore, PasswordHasher, RateLimiter, TokenIssuer
 from domain.use_cases.keys import new_key_record, utc_now
@@ -28,9 +36,11 @@ def check_password(password: str) -> None:
 
 
 def normalize_email(email: str) -> str:
-    email = email.strip().lower()
+    """The form an email is stored and looked up in: NFKC (a fullwidth or compatibility letter is its plain one),
+    lowercase, trimmed. Signup and login both go through it."""
+    email = unicodedata.normalize("NFKC", email).strip().lower()
     local, at, domain = email.partition("@")
-    if not (local and at and "." in domain) or len(email) > 254:
+    if not (local and at and "." in domain) or len(email) > 254 or not email.isprintable():
         raise InvalidInput("email must be an address such as name@example.com.")
     return email
 
@@ -99,7 +109,10 @@ class LogIn:
         self._clock = clock
 
     async def execute(self, email: str, password: str) -> tuple[str, int]:
-        email = email.strip().lower()
+        try:
+            email = normalize_email(email)
+        except InvalidInput:
+            email = ""  # no account has it: the same work and answer as any unknown email
         failures = Charge(
             name="login",
             key="login:" + hashlib.sha256(email.encode("utf-8", "surrogatepass")).hexdigest(),
@@ -118,7 +131,11 @@ class LogIn:
                 window=f"{self._throttle.window_s}s",
                 reset_at=_iso(now + admission.refused.reset_s),
             )
-        account = await asyncio.to_thread(self._accounts.by_email, email)
+        try:
+            account = await asyncio.to_thread(self._accounts.by_email, email) if email else None
+        except AccountsUnavailable:
+            await asyncio.to_thread(self._limiter.refund, [failures], now)  # not a failed login
+            raise
         hashed = account.password_hash if account is not None else self._dummy_hash
         ok = await asyncio.to_thread(self._hasher.verify, password, hashed)
         if account is None or not ok:

@@ -123,5 +123,7 @@ class RevokeKey:
         self._clock = clock
 
     async def execute(self, account: Account, prefix: str) -> None:
+        if not (prefix.isascii() and prefix.isprintable()):  # no key's prefix is: no lookup
+            raise KeyNotFound()
         if not await asyncio.to_thread(self._keys.revoke, account.id, prefix, self._clock()):
             raise KeyNotFound()

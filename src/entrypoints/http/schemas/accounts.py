@@ -4,16 +4,31 @@ created; listings show its prefix."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, EmailStr, Field
+from pydantic import AfterValidator, BaseModel, Field, WithJsonSchema
 
 from domain.model import ApiKey
 from domain.use_cases import NewAccount
 
 
+def _deliverable_shape(value: str) -> str:
+    """An address email-validator accepts (no DNS lookup); kept as sent: the domain normalizes it (NFKC, lowercase)
+    the same way at signup and at login."""
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        validate_email(value, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+Email = Annotated[str, AfterValidator(_deliverable_shape), WithJsonSchema({"type": "string", "format": "email"})]
+
+
 class Credentials(BaseModel):
-    email: EmailStr = Field(description="the account's email (compared in lowercase)")
+    email: Email = Field(description="the account's email (compared after NFKC normalization, in lowercase)")
     password: str = Field(min_length=8, description="at least 8 characters and at most 72 bytes in UTF-8")
 
 
@@ -23,7 +38,7 @@ class SignupResponse(BaseModel):
 
 
 class LoginRequest(BaseModel):
-    email: str
+    email: str = Field(description="normalized as at signup; anything that is no account's email gets the same 401")
     password: str
 
 
