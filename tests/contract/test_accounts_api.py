@@ -500,3 +500,27 @@ def test_logins_while_the_database_is_down_are_not_counted_as_failures(
             assert [r.levelno for r in outage] == [logging.WARNING, logging.INFO]  # one per outage, the recovery
         finally:
             proxy.cut()
+
+
+def test_a_request_that_could_never_succeed_is_refused_for_what_it_is_before_the_quota(tmp_path: Path) -> None:
+    with hosted(tmp_path, free_tier_daily_limit=5, max_batch_size=10) as client:
+        key = bearer(signup(client))
+        too_big = client.post("/v1/embed/batch", json={"texts": ["t"] * 11}, headers=key)
+        assert (too_big.status_code, too_big.json()["error"]["type"]) == (413, "batch_too_large")
+        assert too_big.headers["ratelimit"].startswith('"day";r=5;')  # the windows, untouched
+        for body in ({"texts": ["t"] * 6, "model": "nope"}, {"texts": []}):
+            refused = client.post("/v1/embed/batch", json=body, headers=key)
+            assert refused.status_code == 400 and refused.headers["ratelimit"].startswith('"day";r=5;')
+        malformed = client.post("/v1/embed", content=b"{nope", headers={**key, "content-type": "application/json"})
+        assert malformed.status_code == 422 and malformed.headers["ratelimit"].startswith('"day";r=5;')
+        assert client.post("/v1/embed/batch", json={"texts": list("abcde")}, headers=key).status_code == 200
+
+
+def test_the_headers_of_a_failed_request_show_its_texts_given_back(tmp_path: Path) -> None:
+    with hosted(tmp_path, free_tier_daily_limit=5, free_tier_per_minute=50) as client:
+        key = bearer(signup(client))
+        client.app.state.container.host().embedder().embed = None  # type: ignore[attr-defined]  # the backend fails
+        failed = client.post("/v1/embed/batch", json={"texts": ["a", "b", "c"]}, headers=key)
+        assert failed.status_code == 503
+        assert failed.headers["ratelimit"].startswith('"day";r=5;')  # given back
+        assert failed.headers["x-ratelimit-remaining-requests"] == "49"  # the request still counts

@@ -64,6 +64,10 @@ class _EmbedTexts:
         self._cache = cache
         self._usage = usage
 
+    def check(self, items: Sequence[TextItem], model: str | None = None, encoding_format: str = "float") -> None:
+        """Raise what `execute` would raise for these inputs before any work (a caller's quota is checked after)."""
+        self._validate(items, model, encoding_format)
+
     def _validate(self, items: Sequence[TextItem], model: str | None, encoding_format: str) -> ModelSpec:
         spec = self._host.spec
         if model is not None and not spec.answers_to(model):
@@ -214,7 +218,15 @@ class EmbedBatch(_EmbedTexts):
         caller: Caller = ANONYMOUS,
         public: bool = False,
     ) -> EmbeddingResult:
+        self._unique_ids(items)
+        return await self._embed(items, model, encoding_format, caller, public)
+
+    def check(self, items: Sequence[TextItem], model: str | None = None, encoding_format: str = "float") -> None:
+        self._unique_ids(items)
+        super().check(items, model, encoding_format)
+
+    @staticmethod
+    def _unique_ids(items: Sequence[TextItem]) -> None:
         ids = [item.id for item in items if item.id is not None]
         if len(ids) != len(set(ids)):
             raise InvalidInput("ids must be unique within a batch.")
-        return await self._embed(items, model, encoding_format, caller, public)

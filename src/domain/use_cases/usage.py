@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 
 from domain.errors import InvalidInput, RateLimited
@@ -43,14 +43,24 @@ class MeterRequests:
         self._tiers = tiers
         self._clock = clock
 
+    def _charges(self, caller: Caller, texts: int, requests: int) -> tuple[Charge, ...]:
+        assert caller.tier is not None
+        limits = self._tiers[caller.tier]
+        return (
+            Charge("day", f"texts:{caller.account_id}", limits.texts_per_day, DAY_S, texts),
+            Charge("minute", f"requests:{caller.account_id}", limits.requests_per_minute, MINUTE_S, requests),
+        )
+
+    async def peek(self, caller: Caller) -> Admission | None:
+        """The windows' states without consuming anything (for the headers of a request refused before admission)."""
+        if not caller.metered:
+            return None
+        return await asyncio.to_thread(self._limiter.hit, self._charges(caller, 0, 0), self._clock())
+
     async def admit(self, caller: Caller, texts: int) -> Metered | None:
         if not caller.metered or caller.tier is None:
             return None
-        limits = self._tiers[caller.tier]
-        charges = (
-            Charge("day", f"texts:{caller.account_id}", limits.texts_per_day, DAY_S, texts),
-            Charge("minute", f"requests:{caller.account_id}", limits.requests_per_minute, MINUTE_S, 1),
-        )
+        charges = self._charges(caller, texts, 1)
         now = self._clock()
         admission = await asyncio.to_thread(self._limiter.hit, charges, now)
         refused = admission.refused
@@ -75,13 +85,20 @@ class MeterRequests:
             )
         return Metered(charges, now, admission)
 
-    async def refund(self, metered: Metered | None) -> None:
-        """Give back the texts of an admitted request that then failed (the request itself still counts)."""
+    async def refund(self, metered: Metered | None) -> Admission | None:
+        """Give back the texts of an admitted request that then failed (the request itself still counts); the
+        windows' states after that."""
         if metered is None:
-            return
+            return None
         texts = tuple(charge for charge in metered.charges if charge.name == "day" and charge.cost)
         if texts:
             await asyncio.to_thread(self._limiter.refund, texts, metered.at)
+        return Admission(
+            tuple(
+                replace(w, used=max(0, w.used - w.charge.cost)) if w.charge in texts else w
+                for w in metered.admission.windows
+            )
+        )
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,13 @@ Dependencies are coroutines: FastAPI would run plain functions in a worker threa
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Header, Request
 
-from domain.errors import RateLimited, Unauthenticated
+from domain.errors import DomainError, RateLimited, Unauthenticated
 from domain.model import Account, Admission, Caller
 from domain.use_cases import AuthenticateAccount, AuthenticateCaller, MeterRequests
 from domain.use_cases.embedding import EmbeddingResult
@@ -102,15 +102,35 @@ async def _admit(request: Request, caller: Caller, texts: int) -> Any:
     return metered
 
 
+async def peek_rate_limits(request: Request) -> None:
+    """For a metered caller's request refused before admission (invalid input): the windows' headers, unchanged."""
+    caller = getattr(request.state, "caller", None)
+    if caller is not None and caller.metered:
+        admission = await use_case(container_of(request), MeterRequests).peek(caller)
+        if admission is not None:
+            request.state.headers = rate_limit_headers(admission)
+
+
 @asynccontextmanager
-async def metered(request: Request, caller: Caller, texts: int) -> AsyncIterator[None]:
-    """Admit the request (429 when a limit of the caller's tier would be exceeded: nothing consumed); if it then
-    fails, its texts are given back."""
+async def metered(
+    request: Request, caller: Caller, texts: int, check: Callable[[], None] | None = None
+) -> AsyncIterator[None]:
+    """Check the inputs (`check`: a request that could never succeed is refused for what it is, consuming
+    nothing), then admit the request (429 when a limit of the caller's tier would be exceeded: nothing consumed);
+    if it then fails, its texts are given back and the headers say so."""
+    if check is not None:
+        try:
+            check()
+        except DomainError:
+            await peek_rate_limits(request)
+            raise
     ticket = await _admit(request, caller, texts)
     try:
         yield
     except BaseException:
-        await use_case(container_of(request), MeterRequests).refund(ticket)
+        after = await use_case(container_of(request), MeterRequests).refund(ticket)
+        if after is not None:
+            request.state.headers = rate_limit_headers(after)
         raise
 
 
