@@ -210,7 +210,7 @@ def test_last_used_at_is_kept_without_a_database_write_per_request(tmp_path: Pat
         engine = client.app.state.container.database().engine  # type: ignore[attr-defined]
 
         def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-            if statement.lstrip().upper().startswith("UPDATE API_KEYS"):
+            if statement.lstrip().upper().startswith("UPDATE EMBEDDING_API_KEYS"):
                 writes.append(statement)
 
         event.listen(engine, "before_cursor_execute", record)
@@ -414,9 +414,9 @@ def test_hosted_mode_keeps_accounts_and_the_cache_in_one_postgres_database(tmp_p
         with engine.connect() as connection:
             counts = {
                 table: connection.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar()
-                for table in ("accounts", "api_keys", "embedding_cache_entries")
+                for table in ("embedding_accounts", "embedding_api_keys", "embedding_cache_entries")
             }
-        assert counts == {"accounts": 1, "api_keys": 1, "embedding_cache_entries": 1}
+        assert counts == {"embedding_accounts": 1, "embedding_api_keys": 1, "embedding_cache_entries": 1}
 
 
 def test_requests_are_served_while_redis_is_down(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

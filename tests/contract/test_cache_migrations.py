@@ -38,9 +38,9 @@ def test_migrations_match_the_tables_the_adapter_uses(backend: str, tmp_path: Pa
         assert tables(cache) == {
             "embedding_cache_entries",
             "embedding_cache_counters",
-            "accounts",
-            "api_keys",
-            "usage_daily",
+            "embedding_accounts",
+            "embedding_api_keys",
+            "embedding_usage_daily",
             VERSION_TABLE,
         }
         assert differences(cache) == []
@@ -91,7 +91,19 @@ def test_a_cache_database_of_the_first_revision_upgrades_keeping_its_entries(bac
         cache.put(scope, {b"k" * 32: np.ones(4, dtype=np.float32) / 2})
         assert tables(cache) == {"embedding_cache_entries", "embedding_cache_counters", VERSION_TABLE}
         cache.prepare()
-        assert {"accounts", "api_keys", "usage_daily"} <= tables(cache)
+        assert {"embedding_accounts", "embedding_api_keys", "embedding_usage_daily"} <= tables(cache)
         assert differences(cache) == []
         assert list(cache.get(scope, [b"k" * 32], count=False)) == [b"k" * 32]
+        cache.close()
+
+
+def test_tables_of_the_users_own_with_common_names_do_not_clash() -> None:
+    """A CACHE_URL database may hold an application's own accounts or api_keys tables: the service's are prefixed."""
+    with postgres_database() as url:
+        cache = PostgresEmbeddingCache(url)
+        with cache.engine.begin() as connection:
+            for table in ("accounts", "api_keys", "usage_daily"):
+                connection.exec_driver_sql(f"CREATE TABLE {table} (id integer PRIMARY KEY)")
+        cache.prepare()
+        assert differences(cache) == []
         cache.close()

@@ -237,7 +237,7 @@ def test_api_keys_never_open_account_routes_nor_tokens_embedding_routes(tmp_path
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_sql_injection_attempts_are_inert(kind: str, tmp_path: Path) -> None:
-    injections = ["x' OR '1'='1@example.com", "a@example.com'; DROP TABLE accounts;--", "' OR '1'='1"]
+    injections = ["x' OR '1'='1@example.com", "a@example.com'; DROP TABLE embedding_accounts;--", "' OR '1'='1"]
     with database(kind, tmp_path) as where, hosted_client(**where) as client:
         key = signup(client, "victim@example.com")["api_key"]
         token = login(client, "victim@example.com")
@@ -249,7 +249,7 @@ def test_sql_injection_attempts_are_inert(kind: str, tmp_path: Path) -> None:
         for email in [*injections, "victim@example.com' --", "victim@example.com' OR '1'='1"]:
             attempt = client.post("/v1/auth/login", json={"email": email, "password": PASSWORD})
             assert_refused(attempt, INVALID_CREDENTIALS)
-        for password in ("' OR '1'='1", "' OR 1=1 --", "x'); DROP TABLE accounts;--"):
+        for password in ("' OR '1'='1", "' OR 1=1 --", "x'); DROP TABLE embedding_accounts;--"):
             attempt = client.post("/v1/auth/login", json={"email": "victim@example.com", "password": password})
             assert_refused(attempt, INVALID_CREDENTIALS)
 

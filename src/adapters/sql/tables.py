@@ -46,7 +46,7 @@ counters = Table(
 )
 
 accounts = Table(
-    "accounts",
+    "embedding_accounts",
     metadata,
     Column("id", String(40), primary_key=True),
     Column("email", String(254), nullable=False, unique=True),
@@ -56,22 +56,22 @@ accounts = Table(
 )
 
 api_keys = Table(
-    "api_keys",
+    "embedding_api_keys",
     metadata,
     Column("id", String(40), primary_key=True),
-    Column("account_id", String(40), ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("account_id", String(40), ForeignKey("embedding_accounts.id", ondelete="CASCADE"), nullable=False),
     Column("prefix", String(16), nullable=False, unique=True),
     Column("digest", LargeBinary(32), nullable=False, unique=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("last_used_at", DateTime(timezone=True), nullable=True),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
-    Index("ix_api_keys_account_id", "account_id"),
+    Index("ix_embedding_api_keys_account_id", "account_id"),
 )
 
 usage = Table(
-    "usage_daily",
+    "embedding_usage_daily",
     metadata,
-    Column("account_id", String(40), ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True),
+    Column("account_id", String(40), ForeignKey("embedding_accounts.id", ondelete="CASCADE"), primary_key=True),
     Column("day", Date, primary_key=True),
     Column("model", String(200), primary_key=True),
     Column("requests", BigInteger, nullable=False, server_default="0"),

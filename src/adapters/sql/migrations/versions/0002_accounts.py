@@ -20,7 +20,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.create_table(
-        "accounts",
+        "embedding_accounts",
         sa.Column("id", sa.String(40), nullable=False),
         sa.Column("email", sa.String(254), nullable=False),
         sa.Column("password_hash", sa.String(100), nullable=False),
@@ -30,7 +30,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("email"),
     )
     op.create_table(
-        "api_keys",
+        "embedding_api_keys",
         sa.Column("id", sa.String(40), nullable=False),
         sa.Column("account_id", sa.String(40), nullable=False),
         sa.Column("prefix", sa.String(16), nullable=False),
@@ -38,14 +38,14 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(["account_id"], ["accounts.id"], ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["account_id"], ["embedding_accounts.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("prefix"),
         sa.UniqueConstraint("digest"),
     )
-    op.create_index("ix_api_keys_account_id", "api_keys", ["account_id"])
+    op.create_index("ix_embedding_api_keys_account_id", "embedding_api_keys", ["account_id"])
     op.create_table(
-        "usage_daily",
+        "embedding_usage_daily",
         sa.Column("account_id", sa.String(40), nullable=False),
         sa.Column("day", sa.Date(), nullable=False),
         sa.Column("model", sa.String(200), nullable=False),
@@ -55,13 +55,13 @@ def upgrade() -> None:
         sa.Column("cache_hits", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("cache_misses", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("compute_ms", sa.Float(), server_default="0", nullable=False),
-        sa.ForeignKeyConstraint(["account_id"], ["accounts.id"], ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["account_id"], ["embedding_accounts.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("account_id", "day", "model"),
     )
 
 
 def downgrade() -> None:
-    op.drop_table("usage_daily")
-    op.drop_index("ix_api_keys_account_id", table_name="api_keys")
-    op.drop_table("api_keys")
-    op.drop_table("accounts")
+    op.drop_table("embedding_usage_daily")
+    op.drop_index("ix_embedding_api_keys_account_id", table_name="embedding_api_keys")
+    op.drop_table("embedding_api_keys")
+    op.drop_table("embedding_accounts")
