@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import secrets
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import bcrypt
 import jwt
+
+from domain.errors import Overloaded
 
 MAX_PASSWORD_BYTES = 72  # bcrypt ignores everything after the 72nd byte
 MIN_SECRET_BYTES = 32  # RFC 7518 section 3.2: an HS256 key at least as long as the hash
@@ -55,6 +60,41 @@ class BcryptPasswordHasher:
             return bcrypt.checkpw(encoded, hashed.encode("ascii"))
         except ValueError:  # not a bcrypt hash (UnicodeEncodeError included)
             return False
+
+
+class IsolatedPasswordHasher:
+    """A hasher's slow calls (bcrypt: ~0.2 s at 12 rounds) on `threads` threads of their own, so a flood of logins
+    or signups never holds the shared worker threads that key lookups, quota checks and the cache use. At most
+    `max_waiting` calls wait for those threads; past that a call is refused at once (503 overloaded, Retry-After)
+    instead of queueing without bound."""
+
+    def __init__(self, hasher: BcryptPasswordHasher, threads: int = 2, max_waiting: int = 32) -> None:
+        self._hasher = hasher
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="password-hash")
+        self._slots = threading.BoundedSemaphore(threads + max_waiting)
+
+    @property
+    def dummy_hash(self) -> str:
+        return self._hasher.dummy_hash
+
+    async def hash(self, password: str) -> str:
+        hashed: str = await self._run(self._hasher.hash, password)
+        return hashed
+
+    async def verify(self, password: str, hashed: str) -> bool:
+        ok: bool = await self._run(self._hasher.verify, password, hashed)
+        return ok
+
+    async def _run(self, call: Callable[..., Any], *args: Any) -> Any:
+        if not self._slots.acquire(blocking=False):
+            raise Overloaded(retry_after_s=1)
+        try:
+            return await asyncio.wrap_future(self._executor.submit(call, *args))
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 class JwtTokenIssuer:

@@ -210,9 +210,15 @@ class RateLimiter(Protocol):
 
 
 class PasswordHasher(Protocol):
-    def hash(self, password: str) -> str: ...
+    """Slow on purpose (bcrypt); runs off the event loop, refusing (Overloaded) rather than queueing without bound.
+    `dummy_hash` has the same cost: verifying against it takes as long as a real check."""
 
-    def verify(self, password: str, hashed: str) -> bool: ...
+    @property
+    def dummy_hash(self) -> str: ...
+
+    async def hash(self, password: str) -> str: ...
+
+    async def verify(self, password: str, hashed: str) -> bool: ...
 
 
 class TokenIssuer(Protocol):

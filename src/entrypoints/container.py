@@ -103,9 +103,9 @@ def rate_limiter(url: str | None, retry_after_s: float) -> RateLimiter:
 
 
 def password_hasher(rounds: int) -> Any:
-    from adapters.security import BcryptPasswordHasher
+    from adapters.security import BcryptPasswordHasher, IsolatedPasswordHasher
 
-    return BcryptPasswordHasher(rounds)
+    return IsolatedPasswordHasher(BcryptPasswordHasher(rounds))
 
 
 def token_issuer(secret: str, expires_in: int) -> Any:
@@ -233,7 +233,6 @@ class Container(containers.DeclarativeContainer):
         hasher,
         tokens,
         limiter,
-        providers.Callable(lambda hasher: hasher.dummy_hash, hasher),
         providers.Factory(LoginThrottle, config.login_max_failures, config.login_failure_window_seconds),
     )
     authenticate_account = providers.Factory(AuthenticateAccount, tokens, accounts)

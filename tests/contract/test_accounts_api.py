@@ -524,3 +524,38 @@ def test_the_headers_of_a_failed_request_show_its_texts_given_back(tmp_path: Pat
         assert failed.status_code == 503
         assert failed.headers["ratelimit"].startswith('"day";r=5;')  # given back
         assert failed.headers["x-ratelimit-remaining-requests"] == "49"  # the request still counts
+
+
+def test_a_flood_of_logins_does_not_hold_up_embedding(tmp_path: Path) -> None:
+    """bcrypt (12 rounds: ~0.2 s a check) runs on threads of its own: 16 logins at once leave the shared worker
+    threads (key lookups, quotas, the cache) free, so embedding answers stay fast meanwhile."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from tests.support import uvicorn_app
+
+    app = create_app(hosted_settings(tmp_path, bcrypt_rounds=12, login_max_failures=1000))
+    with uvicorn_app(app) as (base, _), httpx.Client(base_url=base, timeout=30) as client:
+        key = bearer(
+            client.post("/v1/auth/signup", json={"email": "ada@example.com", "password": PASSWORD}).json()["api_key"]
+        )
+        client.post("/v1/embed", json={"text": "warm"}, headers=key)
+
+        def log_in(i: int) -> int:
+            with httpx.Client(base_url=base, timeout=60) as own:
+                return own.post(
+                    "/v1/auth/login", json={"email": f"x{i}@example.com", "password": "wrong-one"}
+                ).status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            flood = [pool.submit(log_in, i) for i in range(16)]
+            time.sleep(0.2)
+            latencies = []
+            for _ in range(10):
+                started = time.perf_counter()
+                assert client.post("/v1/embed", json={"text": "warm"}, headers=key).status_code == 200
+                latencies.append(time.perf_counter() - started)
+            assert not all(f.done() for f in flood)  # measured while the flood was on
+            assert [f.result() for f in flood] == [401] * 16
+        assert max(latencies) < 0.5, latencies

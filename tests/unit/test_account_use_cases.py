@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -12,9 +13,17 @@ import pytest
 
 from adapters.memory_accounts import InMemoryAccounts, InMemoryAccountStore, InMemoryApiKeyStore, InMemoryUsageLedger
 from adapters.rate_limiting import InMemoryRateLimiter
-from adapters.security import BcryptPasswordHasher
+from adapters.security import BcryptPasswordHasher, IsolatedPasswordHasher
 from adapters.usage_buffer import BufferedUsageRecorder
-from domain.errors import EmailTaken, InvalidCredentials, InvalidInput, RateLimited, SignupClosed, Unauthenticated
+from domain.errors import (
+    EmailTaken,
+    InvalidCredentials,
+    InvalidInput,
+    Overloaded,
+    RateLimited,
+    SignupClosed,
+    Unauthenticated,
+)
 from domain.model import Caller, Tier, UsageRecord
 from domain.use_cases import (
     AuthenticateCaller,
@@ -44,13 +53,14 @@ class FakeTokens:
 def test_signup_stores_a_hash_and_a_key_digest_only() -> None:
     async def scenario() -> None:
         state = InMemoryAccounts()
-        hasher = BcryptPasswordHasher(rounds=4)
+        bcrypt = BcryptPasswordHasher(rounds=4)
+        hasher = IsolatedPasswordHasher(bcrypt)
         created = await SignUp(InMemoryAccountStore(state), hasher, enabled=True).execute(
             " Ada@Example.COM ", "pw-12345678"
         )
         account = state.accounts[created.account.id]
         assert account.email == "ada@example.com" and account.tier is Tier.FREE
-        assert account.password_hash != "pw-12345678" and hasher.verify("pw-12345678", account.password_hash)
+        assert account.password_hash != "pw-12345678" and bcrypt.verify("pw-12345678", account.password_hash)
         (stored,) = state.keys.values()
         assert created.api_key not in repr(stored) and stored.prefix == created.api_key[:12]
         with pytest.raises(EmailTaken):
@@ -71,9 +81,9 @@ def test_signup_stores_a_hash_and_a_key_digest_only() -> None:
 def test_keys_authenticate_until_revoked_and_malformed_keys_are_never_looked_up() -> None:
     async def scenario() -> None:
         state = InMemoryAccounts()
-        created = await SignUp(InMemoryAccountStore(state), BcryptPasswordHasher(4), enabled=True).execute(
-            "ada@example.com", "pw-12345678"
-        )
+        created = await SignUp(
+            InMemoryAccountStore(state), IsolatedPasswordHasher(BcryptPasswordHasher(4)), True
+        ).execute("ada@example.com", "pw-12345678")
         lookups: list[bytes] = []
 
         class CountingKeys(InMemoryApiKeyStore):
@@ -101,9 +111,7 @@ def test_keys_authenticate_until_revoked_and_malformed_keys_are_never_looked_up(
 def test_login_checks_unknown_emails_against_the_dummy_hash_and_throttles_failures() -> None:
     async def scenario() -> None:
         state = InMemoryAccounts()
-        hasher = BcryptPasswordHasher(4)
         store = InMemoryAccountStore(state)
-        ada = (await SignUp(store, hasher, enabled=True).execute("ada@example.com", "pw-12345678")).account.id
         checked: list[str] = []
 
         class Watching(BcryptPasswordHasher):
@@ -111,10 +119,13 @@ def test_login_checks_unknown_emails_against_the_dummy_hash_and_throttles_failur
                 checked.append(hashed)
                 return super().verify(password, hashed)
 
-        login = LogIn(store, Watching(4), FakeTokens(), InMemoryRateLimiter(), hasher.dummy_hash, LoginThrottle(2, 60))
+        watching = Watching(4)
+        hasher = IsolatedPasswordHasher(watching)
+        ada = (await SignUp(store, hasher, enabled=True).execute("ada@example.com", "pw-12345678")).account.id
+        login = LogIn(store, hasher, FakeTokens(), InMemoryRateLimiter(), LoginThrottle(2, 60))
         with pytest.raises(InvalidCredentials):
             await login.execute("nobody@example.com", "pw-12345678")
-        assert checked == [hasher.dummy_hash]
+        assert checked == [watching.dummy_hash]
         assert await login.execute("ada@example.com", "pw-12345678") == (f"token-for-{ada}", 60)
         for _ in range(2):
             with pytest.raises(InvalidCredentials):
@@ -216,3 +227,19 @@ def test_key_activity_is_buffered_then_written_in_one_touch() -> None:
     recorder.flush()
     assert touched == [{"key_1": late}]
     assert recorder.last_used("key_1") is None
+
+
+def test_password_hashing_has_threads_of_its_own_and_refuses_past_its_queue() -> None:
+    async def scenario() -> None:
+        hasher = IsolatedPasswordHasher(BcryptPasswordHasher(10), threads=1, max_waiting=1)
+        results = await asyncio.gather(*(hasher.hash("pw-12345678") for _ in range(3)), return_exceptions=True)
+        refused = [r for r in results if isinstance(r, Overloaded)]
+        assert len(refused) == 1 and refused[0].retry_after_s == 1
+        # the shared worker threads stay free meanwhile
+        slow = asyncio.gather(*(hasher.verify("pw-12345678", str(results[0])) for _ in range(2)))
+        started = time.perf_counter()
+        await asyncio.to_thread(lambda: None)
+        assert time.perf_counter() - started < 0.05
+        assert await slow == [True, True]
+
+    asyncio.run(scenario())

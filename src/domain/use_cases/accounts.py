@@ -68,7 +68,7 @@ class SignUp:
             raise SignupClosed()
         email = normalize_email(email)
         check_password(password)
-        hashed = await asyncio.to_thread(self._hasher.hash, password)
+        hashed = await self._hasher.hash(password)
         now = self._clock()
         account = Account(id=new_id("usr"), email=email, password_hash=hashed, tier=tier, created_at=now)
         key, record = new_key_record(account.id, now)
@@ -96,7 +96,6 @@ class LogIn:
         hasher: PasswordHasher,
         tokens: TokenIssuer,
         limiter: RateLimiter,
-        dummy_hash: str,
         throttle: LoginThrottle = LoginThrottle(),
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -104,7 +103,6 @@ class LogIn:
         self._hasher = hasher
         self._tokens = tokens
         self._limiter = limiter
-        self._dummy_hash = dummy_hash
         self._throttle = throttle
         self._clock = clock
 
@@ -136,8 +134,8 @@ class LogIn:
         except AccountsUnavailable:
             await asyncio.to_thread(self._limiter.refund, [failures], now)  # not a failed login
             raise
-        hashed = account.password_hash if account is not None else self._dummy_hash
-        ok = await asyncio.to_thread(self._hasher.verify, password, hashed)
+        hashed = account.password_hash if account is not None else self._hasher.dummy_hash
+        ok = await self._hasher.verify(password, hashed)
         if account is None or not ok:
             raise InvalidCredentials()
         await asyncio.to_thread(self._limiter.refund, [failures], now)  # only failures count
