@@ -49,7 +49,7 @@ def drop_database(admin_url: str, url: str) -> None:
 
 async def timed(client: LoadClient) -> float:
     started = time.perf_counter()
-    status, headers, answer = await client.request("/v1/embed", {"text": TEXT})
+    status, _, answer = await client.request("/v1/embed", {"text": TEXT})
     elapsed = time.perf_counter() - started
     if status != 200 or not answer["cached"]:  # type: ignore[index]
         raise SystemExit(f"expected a cache hit, got {status}: {str(answer)[:200]}")

@@ -83,8 +83,9 @@ class InMemoryApiKeyStore:
     def touch(self, last_used: Mapping[str, datetime]) -> None:
         with self._s.lock:
             for digest, key in self._s.keys.items():
-                if key.id in last_used:
-                    self._s.keys[digest] = replace(key, last_used_at=last_used[key.id])
+                at = last_used.get(key.id)
+                if at is not None and (key.last_used_at is None or key.last_used_at < at):
+                    self._s.keys[digest] = replace(key, last_used_at=at)
 
 
 class InMemoryUsageLedger:

@@ -343,7 +343,8 @@ class FailoverRateLimiter:
         answer = self._fallback.hit(charges, now)
         if answer.allowed:
             for charge in charges:
-                self._remember(charge, now)
+                if charge.cost:  # a cost-0 charge only read its window: nothing to give back
+                    self._remember(charge, now)
         return answer
 
     def refund(self, charges: Sequence[Charge], now: float) -> None:

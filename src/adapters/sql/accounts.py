@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, select, update
+from sqlalchemy import Connection, Row, bindparam, or_, select, update
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from adapters.resilience import OutageLog
@@ -190,8 +190,13 @@ class SqlApiKeyStore(_SqlStore):
         if not last_used:
             return
         statement = (
-            update(api_keys).where(api_keys.c.id == bindparam("key_id")).values(last_used_at=bindparam("used_at"))
-        )
+            update(api_keys)
+            .where(
+                api_keys.c.id == bindparam("key_id"),
+                or_(api_keys.c.last_used_at.is_(None), api_keys.c.last_used_at < bindparam("used_at")),
+            )
+            .values(last_used_at=bindparam("used_at"))
+        )  # never back in time: another process may have written a later use
         rows = [{"key_id": key_id, "used_at": at} for key_id, at in sorted(last_used.items())]
         with self._transaction("key activity") as connection:
             connection.execute(statement, rows)

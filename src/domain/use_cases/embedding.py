@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import numpy as np
 
@@ -94,6 +94,7 @@ class _EmbedTexts:
         self, items: Sequence[TextItem], model: str | None, encoding_format: str, caller: Caller, public: bool
     ) -> EmbeddingResult:
         arrived = time.monotonic()  # the deadline counts from here, cache lookup included
+        day = datetime.now(UTC).date()  # usage belongs to the UTC day the request arrived on, as its quota does
         spec = self._validate(items, model, encoding_format)
         embedder = self._host.embedder()
         texts = [item.text for item in items]
@@ -119,10 +120,12 @@ class _EmbedTexts:
                 compute_ms=compute_s * 1000,
             )
         if caller.metered and self._usage is not None:
-            await self._record(caller, embedder, texts, result)
+            await self._record(caller, embedder, texts, result, day)
         return result
 
-    async def _record(self, caller: Caller, embedder: Embedder, texts: Sequence[str], result: EmbeddingResult) -> None:
+    async def _record(
+        self, caller: Caller, embedder: Embedder, texts: Sequence[str], result: EmbeddingResult, day: date
+    ) -> None:
         """One request's usage into the (buffered) ledger: texts, tokens, hits and misses per text, compute time."""
         assert self._usage is not None and caller.account_id is not None
         if sum(map(len, texts)) <= INLINE_TOKEN_COUNT_CHARS:
@@ -133,7 +136,7 @@ class _EmbedTexts:
         self._usage.record(
             UsageRecord(
                 account_id=caller.account_id,
-                day=datetime.now(UTC).date(),
+                day=day,
                 model=result.model,
                 requests=1,
                 texts=len(texts),

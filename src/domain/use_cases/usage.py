@@ -47,8 +47,9 @@ class MeterRequests:
         assert caller.tier is not None
         limits = self._tiers[caller.tier]
         return (
-            Charge("day", f"texts:{caller.account_id}", limits.texts_per_day, DAY_S, texts),
-            Charge("minute", f"requests:{caller.account_id}", limits.requests_per_minute, MINUTE_S, requests),
+            # {account} is a Redis Cluster hash tag: both counters of one check live on one node
+            Charge("day", f"texts:{{{caller.account_id}}}", limits.texts_per_day, DAY_S, texts),
+            Charge("minute", f"requests:{{{caller.account_id}}}", limits.requests_per_minute, MINUTE_S, requests),
         )
 
     async def peek(self, caller: Caller) -> Admission | None:
