@@ -559,3 +559,21 @@ def test_a_flood_of_logins_does_not_hold_up_embedding(tmp_path: Path) -> None:
             assert not all(f.done() for f in flood)  # measured while the flood was on
             assert [f.result() for f in flood] == [401] * 16
         assert max(latencies) < 0.5, latencies
+
+
+def test_session_routes_and_metadata_count_as_requests_and_carry_the_headers(tmp_path: Path) -> None:
+    with hosted(tmp_path, free_tier_per_minute=6) as client:
+        key = bearer(signup(client))
+        token = bearer(login(client))
+        answers = [
+            client.get("/v1/keys", headers=token),
+            client.post("/v1/keys", headers=token),
+            client.get("/v1/usage", headers=token),
+            client.get("/metadata", headers=key),
+            client.delete("/v1/keys/vec_nosuchkey", headers=token),
+        ]
+        assert [a.status_code for a in answers] == [200, 201, 200, 200, 404]
+        assert [a.headers["x-ratelimit-remaining-requests"] for a in answers] == ["5", "4", "3", "2", "1"]
+        client.get("/v1/keys", headers=token)
+        refused = client.get("/v1/keys", headers=token)
+        assert refused.status_code == 429 and refused.json()["error"]["window"] == "minute"

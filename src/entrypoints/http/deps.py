@@ -48,8 +48,19 @@ async def authenticated(request: Request, authorization: Annotated[str | None, H
 
 
 async def session(request: Request, authorization: Annotated[str | None, Header()] = None) -> Account:
-    """The account behind a session token from POST /v1/auth/login: never an API key."""
-    return await use_case(container_of(request), AuthenticateAccount).execute(bearer(authorization))
+    """The account behind a session token from POST /v1/auth/login: never an API key. The request counts against
+    the account's per-minute limit like any other (its answers carry the rate-limit headers)."""
+    account = await use_case(container_of(request), AuthenticateAccount).execute(bearer(authorization))
+    caller = Caller(account_id=account.id, key_id=None, tier=account.tier, tenant=account.id)
+    request.state.caller = caller
+    await _admit(request, caller, 0)
+    return account
+
+
+async def counted(request: Request, caller: Annotated[Caller, Depends(authenticated)]) -> Caller:
+    """An API key's caller whose request carries no texts but counts against the per-minute limit."""
+    await _admit(request, caller, 0)
+    return caller
 
 
 CallerDep = Annotated[Caller, Depends(authenticated)]
@@ -61,7 +72,7 @@ async def account_of_either(request: Request, authorization: Annotated[str | Non
     presented = bearer(authorization)
     container = container_of(request)
     if presented and presented.count(".") == 2:
-        return (await use_case(container, AuthenticateAccount).execute(presented)).id
+        return (await session(request, authorization)).id
     caller = await use_case(container, AuthenticateCaller).execute(presented)
     if caller.account_id is None:
         raise Unauthenticated("usage is kept for accounts; send an account's API key or session token.")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 
 from domain.use_cases import CreateKey, ListKeys, LogIn, RevokeKey, SignUp
-from entrypoints.http.deps import AccountDep, use
+from entrypoints.http.deps import AccountDep, headers_for, use
 from entrypoints.http.json_body import StrictJSONRoute
 from entrypoints.http.schemas.accounts import (
     Credentials,
@@ -43,22 +43,27 @@ async def login(body: LoginRequest, use_case: Annotated[LogIn, use(LogIn)]) -> J
     return JSONResponse(render_login(token, expires_in))
 
 
-@router.post("/keys", status_code=201, response_model=NewKeyResponse, responses=error_responses(401, 503))
-async def create_key(account: AccountDep, use_case: Annotated[CreateKey, use(CreateKey)]) -> JSONResponse:
+@router.post("/keys", status_code=201, response_model=NewKeyResponse, responses=error_responses(401, 429, 503))
+async def create_key(
+    request: Request, account: AccountDep, use_case: Annotated[CreateKey, use(CreateKey)]
+) -> JSONResponse:
     key, record = await use_case.execute(account)
-    return JSONResponse(render_new_key(key, record), 201)
+    return JSONResponse(render_new_key(key, record), 201, headers=headers_for(request))
 
 
-@router.get("/keys", response_model=KeyList, responses=error_responses(401, 503))
-async def list_keys(account: AccountDep, use_case: Annotated[ListKeys, use(ListKeys)]) -> JSONResponse:
-    return JSONResponse(render_keys(await use_case.execute(account)))
+@router.get("/keys", response_model=KeyList, responses=error_responses(401, 429, 503))
+async def list_keys(
+    request: Request, account: AccountDep, use_case: Annotated[ListKeys, use(ListKeys)]
+) -> JSONResponse:
+    return JSONResponse(render_keys(await use_case.execute(account)), headers=headers_for(request))
 
 
-@router.delete("/keys/{prefix}", response_model=RevokedResponse, responses=error_responses(401, 404, 422, 503))
+@router.delete("/keys/{prefix}", response_model=RevokedResponse, responses=error_responses(401, 404, 422, 429, 503))
 async def revoke_key(
+    request: Request,
     account: AccountDep,
     use_case: Annotated[RevokeKey, use(RevokeKey)],
     prefix: Annotated[str, Path(max_length=64, description="the key's prefix, as GET /v1/keys lists it")],
 ) -> JSONResponse:
     await use_case.execute(account, prefix)
-    return JSONResponse({"revoked": True})
+    return JSONResponse({"revoked": True}, headers=headers_for(request))

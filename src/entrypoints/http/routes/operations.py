@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from domain.use_cases import GetHealth, GetMetadata
-from entrypoints.http.deps import authenticated, use
+from entrypoints.http.deps import counted, headers_for, use
 from entrypoints.http.json_body import StrictJSONRoute
 from entrypoints.http.schemas.common import error_responses
 from entrypoints.http.schemas.operations import HealthResponse, MetadataResponse, render_health, render_metadata
@@ -26,8 +26,8 @@ async def health(use_case: Annotated[GetHealth, use(GetHealth)]) -> JSONResponse
     "/metadata",
     response_model=MetadataResponse,
     responses=error_responses(401, 429, 500, 503),
-    dependencies=[Depends(authenticated)],
+    dependencies=[Depends(counted)],
 )
-async def metadata(use_case: Annotated[GetMetadata, use(GetMetadata)]) -> JSONResponse:
+async def metadata(request: Request, use_case: Annotated[GetMetadata, use(GetMetadata)]) -> JSONResponse:
     info, limits = use_case.execute()
-    return JSONResponse(render_metadata(info, limits))
+    return JSONResponse(render_metadata(info, limits), headers=headers_for(request))
