@@ -339,7 +339,7 @@ def test_compose_hosted_command_really_runs_on_postgres_and_redis(compose: dict[
                 assert answer.json()["cached"] is cached
             login = httpx.post(f"{base}/v1/auth/login", json={"email": email, "password": "compose-password"})
             assert login.status_code == 200, login.text
-            counters = list(counters_store.scan_iter(match=f"*:{user_id}:*"))
+            counters = list(counters_store.scan_iter(match=f"*:{{{user_id}}}:*"))  # a Redis Cluster hash tag
             login_throttle = list(
                 counters_store.scan_iter(match=f"*:login:{hashlib.sha256(email.encode()).hexdigest()}:*")
             )
