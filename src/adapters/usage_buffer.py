@@ -1,13 +1,18 @@
 """Usage and key activity as requests report them: added up in memory and written by a background thread every
 `flush_s` seconds in one transaction per store (not one write per request). Whatever a write could not store stays
-buffered for the next try; closing (SIGTERM, the server's shutdown) writes what is left. A crash loses at most the
-last `flush_s` seconds."""
+buffered for the next try; closing (SIGTERM, the server's shutdown) writes what is left, and when the database
+cannot take it then, it goes to a spill file (one JSON line per record) that the next start reads back. A crash
+loses at most the last `flush_s` seconds."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
+from dataclasses import asdict
 from datetime import date, datetime
+from pathlib import Path
 
 from adapters.resilience import describe_failure
 from domain.model import UsageRecord
@@ -19,10 +24,18 @@ _Slot = tuple[str, date, str]
 
 
 class BufferedUsageRecorder:
-    def __init__(self, ledger: UsageLedger, keys: ApiKeyStore | None = None, flush_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        ledger: UsageLedger,
+        keys: ApiKeyStore | None = None,
+        flush_s: float = 2.0,
+        spill: Path | None = None,
+    ) -> None:
         self._ledger = ledger
         self._keys = keys
         self._flush_s = flush_s
+        self._spill = spill
+        self._claimed: Path | None = None
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._pending: dict[_Slot, UsageRecord] = {}
@@ -32,6 +45,7 @@ class BufferedUsageRecorder:
         self._failing = False
 
     def start(self) -> None:
+        self._read_spill()
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="usage-flush", daemon=True)
             self._thread.start()
@@ -73,6 +87,7 @@ class BufferedUsageRecorder:
                 if pending:
                     self._ledger.add(list(pending.values()))
                     pending = {}
+                    self._release_claim()  # what the spill held was read back into what was just written
                 if used and self._keys is not None:
                     self._keys.touch(used)
                 used = {}
@@ -106,9 +121,52 @@ class BufferedUsageRecorder:
         try:
             self.flush()
         except Exception:
-            with self._lock:
-                lost = sum(r.requests for r in self._pending.values())
-            log.error("usage of %d requests could not be written at shutdown", lost)
+            self._write_spill()
+
+    def _write_spill(self) -> None:
+        with self._lock:
+            pending = list(self._pending.values())
+        requests = sum(r.requests for r in pending)
+        if self._spill is None:
+            log.error("usage of %d requests could not be written at shutdown and is lost", requests)
+            return
+        try:
+            self._spill.parent.mkdir(parents=True, exist_ok=True)
+            partial = self._spill.with_suffix(".partial")
+            with partial.open("w", encoding="utf-8") as out:
+                for record in pending:  # everything not written, read-back spill included: the file is replaced
+                    out.write(json.dumps({**asdict(record), "day": record.day.isoformat()}) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            partial.replace(self._spill)
+            self._release_claim()  # its records are in the new spill
+            log.warning("usage of %d requests kept in %s until the database takes it", requests, self._spill)
+        except OSError as exc:
+            log.error("usage of %d requests could not be written at shutdown nor spilled (%s)", requests, exc)
+
+    def _read_spill(self) -> None:
+        """Claim the spill file (a rename: of several processes sharing DATA_DIR one gets it) and buffer its
+        records; the claimed file is deleted once they are written."""
+        if self._spill is None:
+            return
+        claimed = self._spill.with_name(f"{self._spill.name}.{os.getpid()}.claimed")
+        try:
+            self._spill.rename(claimed)
+        except FileNotFoundError:
+            return
+        self._claimed = claimed
+        read = 0
+        with claimed.open(encoding="utf-8") as lines:
+            for line in lines:
+                fields = json.loads(line)
+                self.record(UsageRecord(**{**fields, "day": date.fromisoformat(fields["day"])}))
+                read += 1
+        log.info("read back %d usage records from %s", read, self._spill)
+
+    def _release_claim(self) -> None:
+        if self._claimed is not None:
+            self._claimed.unlink(missing_ok=True)
+            self._claimed = None
 
 
 class NoUsageRecorder:

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -243,3 +244,29 @@ def test_password_hashing_has_threads_of_its_own_and_refuses_past_its_queue() ->
         assert await slow == [True, True]
 
     asyncio.run(scenario())
+
+
+def test_usage_the_database_cannot_take_at_shutdown_is_spilled_and_read_back(tmp_path: Path) -> None:
+    state = InMemoryAccounts()
+    ledger = FlakyLedger(state)
+    spill = tmp_path / "data" / "usage-unwritten.jsonl"
+    one = UsageRecord("usr_a", TODAY, "m", requests=1, texts=2, tokens=10, cache_hits=1, cache_misses=1, compute_ms=2.5)
+    first = BufferedUsageRecorder(ledger, flush_s=3600, spill=spill)
+    first.start()
+    first.record(one)
+    ledger.failing = True
+    first.close()  # SIGTERM while the database is down
+    assert spill.exists() and ledger.read("usr_a", TODAY) == []
+    second = BufferedUsageRecorder(ledger, flush_s=3600, spill=spill)
+    second.start()  # still down: read back, kept, and spilled again with what came since
+    second.record(one)
+    second.close()
+    assert list(spill.parent.iterdir()) == [spill]
+    ledger.failing = False
+    third, other = (BufferedUsageRecorder(ledger, flush_s=3600, spill=spill) for _ in range(2))
+    third.start()
+    other.start()  # a second process on the same DATA_DIR finds the file claimed: nothing counted twice
+    third.close()
+    other.close()
+    assert ledger.read("usr_a", TODAY) == [one.plus(one)]
+    assert list(spill.parent.iterdir()) == []
