@@ -343,7 +343,7 @@ class FailoverRateLimiter:
         answer = self._fallback.hit(charges, now)
         if answer.allowed:
             for charge in charges:
-                if charge.cost:  # a cost-0 charge only read its window: nothing to give back
+                if charge.cost and charge.refundable:  # nothing else is ever given back
                     self._remember(charge, now)
         return answer
 

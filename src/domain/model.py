@@ -186,6 +186,7 @@ class Charge:
     limit: int
     window_s: int
     cost: int
+    refundable: bool = False  # may be given back (`RateLimiter.refund`) after the hit
 
 
 @dataclass(frozen=True)

@@ -270,3 +270,21 @@ def test_usage_the_database_cannot_take_at_shutdown_is_spilled_and_read_back(tmp
     other.close()
     assert ledger.read("usr_a", TODAY) == [one.plus(one)]
     assert list(spill.parent.iterdir()) == []
+
+
+def test_a_login_refused_for_want_of_hashing_threads_is_not_a_failed_login() -> None:
+    async def scenario() -> None:
+        state = InMemoryAccounts()
+        store = InMemoryAccountStore(state)
+        hasher = IsolatedPasswordHasher(BcryptPasswordHasher(8), threads=1, max_waiting=0)
+        ada = (await SignUp(store, hasher, enabled=True).execute("ada@example.com", "pw-12345678")).account.id
+        login = LogIn(store, hasher, FakeTokens(), InMemoryRateLimiter(), LoginThrottle(6, 60))
+        attempts = await asyncio.gather(
+            *(login.execute("ada@example.com", "wrong-password") for _ in range(6)), return_exceptions=True
+        )
+        assert [type(a) for a in attempts].count(Overloaded) == 5
+        assert [type(a) for a in attempts].count(InvalidCredentials) == 1
+        # one failure counted of the six allowed (not six): the right password still gets in
+        assert await login.execute("ada@example.com", "pw-12345678") == (f"token-for-{ada}", 60)
+
+    asyncio.run(scenario())

@@ -32,13 +32,18 @@ class _SqlStore:
         self._outage = _OUTAGES.setdefault(id(database), OutageLog("account database"))
 
     @contextmanager
-    def _transaction(self, what: str, *, read_only: bool = False) -> Iterator[Connection]:
+    def _transaction(self, what: str, *, read_only: bool = False, from_caller: bool = True) -> Iterator[Connection]:
+        """`from_caller`: the values come from a request; one the database cannot hold (PostgreSQL: a NUL in text)
+        is then the caller's mistake (400), not an outage."""
         try:
             with self._db.read() if read_only else self._db.unit_of_work() as connection:
                 yield connection
         except (EmailTaken, UnknownAccount):
             raise
-        except DataError as exc:  # a value the database cannot hold (PostgreSQL: a NUL in text): not an outage
+        except DataError as exc:
+            if not from_caller:
+                self._outage.failed(what, exc)
+                raise
             raise InvalidInput("a value in the request cannot be stored (it holds a NUL character?).") from exc
         except (SQLAlchemyError, DeadlineExceeded, OSError) as exc:
             self._outage.failed(what, exc)
@@ -198,7 +203,7 @@ class SqlApiKeyStore(_SqlStore):
             .values(last_used_at=bindparam("used_at"))
         )  # never back in time: another process may have written a later use
         rows = [{"key_id": key_id, "used_at": at} for key_id, at in sorted(last_used.items())]
-        with self._transaction("key activity") as connection:
+        with self._transaction("key activity", from_caller=False) as connection:
             connection.execute(statement, rows)
 
 
@@ -227,7 +232,7 @@ class SqlUsageLedger(_SqlStore):
             index_elements=[usage.c.account_id, usage.c.day, usage.c.model],
             set_={name: usage.c[name] + upsert.excluded[name] for name in self.COUNTS},
         )
-        with self._transaction("usage write") as connection:
+        with self._transaction("usage write", from_caller=False) as connection:
             connection.execute(statement, rows)
 
     def read(self, account_id: str, since: date) -> list[UsageRecord]:

@@ -16,6 +16,7 @@ from domain.errors import (
     AccountsUnavailable,
     InvalidCredentials,
     InvalidInput,
+    Overloaded,
     RateLimited,
     SessionRequired,
     SignupClosed,
@@ -117,6 +118,7 @@ class LogIn:
             limit=self._throttle.failures,
             window_s=self._throttle.window_s,
             cost=1,
+            refundable=True,
         )
         now = self._clock()
         admission = await asyncio.to_thread(self._limiter.hit, [failures], now)
@@ -135,7 +137,11 @@ class LogIn:
             await asyncio.to_thread(self._limiter.refund, [failures], now)  # not a failed login
             raise
         hashed = account.password_hash if account is not None else self._hasher.dummy_hash
-        ok = await self._hasher.verify(password, hashed)
+        try:
+            ok = await self._hasher.verify(password, hashed)
+        except (Overloaded, asyncio.CancelledError):  # the password was never checked: no failure to count
+            await asyncio.shield(asyncio.to_thread(self._limiter.refund, [failures], now))
+            raise
         if account is None or not ok:
             raise InvalidCredentials()
         await asyncio.to_thread(self._limiter.refund, [failures], now)  # only failures count

@@ -14,6 +14,7 @@ from domain.model import Admission, Caller, Charge, Tier, UsageRecord
 from domain.ports import RateLimiter, UsageRecorder
 
 DAY_S, MINUTE_S = 86400, 60
+REQUESTS, SESSIONS = "requests", "sessions"
 
 
 @dataclass(frozen=True)
@@ -43,25 +44,27 @@ class MeterRequests:
         self._tiers = tiers
         self._clock = clock
 
-    def _charges(self, caller: Caller, texts: int, requests: int) -> tuple[Charge, ...]:
+    def _charges(self, caller: Caller, texts: int, requests: int, counter: str) -> tuple[Charge, ...]:
         assert caller.tier is not None
         limits = self._tiers[caller.tier]
+        account = f"{{{caller.account_id}}}"  # a Redis Cluster hash tag: an account's counters live on one node
         return (
-            # {account} is a Redis Cluster hash tag: both counters of one check live on one node
-            Charge("day", f"texts:{{{caller.account_id}}}", limits.texts_per_day, DAY_S, texts),
-            Charge("minute", f"requests:{{{caller.account_id}}}", limits.requests_per_minute, MINUTE_S, requests),
+            Charge("day", f"texts:{account}", limits.texts_per_day, DAY_S, texts, refundable=True),
+            Charge("minute", f"{counter}:{account}", limits.requests_per_minute, MINUTE_S, requests),
         )
 
-    async def peek(self, caller: Caller) -> Admission | None:
-        """The windows' states without consuming anything (for the headers of a request refused before admission)."""
+    async def peek(self, caller: Caller, counter: str = REQUESTS) -> Admission | None:
+        """The windows' states without consuming anything."""
         if not caller.metered:
             return None
-        return await asyncio.to_thread(self._limiter.hit, self._charges(caller, 0, 0), self._clock())
+        return await asyncio.to_thread(self._limiter.hit, self._charges(caller, 0, 0, counter), self._clock())
 
-    async def admit(self, caller: Caller, texts: int) -> Metered | None:
+    async def admit(self, caller: Caller, texts: int, counter: str = REQUESTS) -> Metered | None:
+        """`counter`: REQUESTS for API-key requests, SESSIONS for the account routes, which count in a minute window
+        of their own, so whoever holds a leaked key cannot keep the owner from revoking it."""
         if not caller.metered or caller.tier is None:
             return None
-        charges = self._charges(caller, texts, 1)
+        charges = self._charges(caller, texts, 1, counter)
         now = self._clock()
         admission = await asyncio.to_thread(self._limiter.hit, charges, now)
         refused = admission.refused

@@ -16,6 +16,7 @@ from domain.errors import DomainError, RateLimited, Unauthenticated
 from domain.model import Account, Admission, Caller
 from domain.use_cases import AuthenticateAccount, AuthenticateCaller, MeterRequests
 from domain.use_cases.embedding import EmbeddingResult
+from domain.use_cases.usage import REQUESTS, SESSIONS
 from entrypoints.container import Container, use_case
 
 T = TypeVar("T")
@@ -49,10 +50,11 @@ async def authenticated(request: Request, authorization: Annotated[str | None, H
 
 async def session(request: Request, authorization: Annotated[str | None, Header()] = None) -> Account:
     """The account behind a session token from POST /v1/auth/login: never an API key. The request counts against
-    the account's per-minute limit like any other (its answers carry the rate-limit headers)."""
+    the account's per-minute limit in a window of its own (SESSIONS): requests made with its API keys, a leaked one's
+    included, never keep the owner from listing, creating or revoking keys."""
     account = await use_case(container_of(request), AuthenticateAccount).execute(bearer(authorization))
     caller = Caller(account_id=account.id, key_id=None, tier=account.tier, tenant=account.id)
-    request.state.caller = caller
+    request.state.caller, request.state.counter = caller, SESSIONS
     await _admit(request, caller, 0)
     return account
 
@@ -103,7 +105,7 @@ def _whole(seconds: float) -> int:
 async def _admit(request: Request, caller: Caller, texts: int) -> Any:
     meter = use_case(container_of(request), MeterRequests)
     try:
-        metered = await meter.admit(caller, texts)
+        metered = await meter.admit(caller, texts, getattr(request.state, "counter", REQUESTS))
     except RateLimited as exc:
         if exc.admission is not None:
             request.state.headers = rate_limit_headers(exc.admission)
@@ -113,27 +115,26 @@ async def _admit(request: Request, caller: Caller, texts: int) -> Any:
     return metered
 
 
-async def peek_rate_limits(request: Request) -> None:
-    """For a metered caller's request refused before admission (invalid input): the windows' headers, unchanged."""
+async def count_refused_request(request: Request) -> None:
+    """A metered caller's request refused for its input (400, 413, 422) counts as a request in the minute, not its
+    texts; RateLimited when that goes over the limit."""
     caller = getattr(request.state, "caller", None)
     if caller is not None and caller.metered:
-        admission = await use_case(container_of(request), MeterRequests).peek(caller)
-        if admission is not None:
-            request.state.headers = rate_limit_headers(admission)
+        await _admit(request, caller, 0)
 
 
 @asynccontextmanager
 async def metered(
     request: Request, caller: Caller, texts: int, check: Callable[[], None] | None = None
 ) -> AsyncIterator[None]:
-    """Check the inputs (`check`: a request that could never succeed is refused for what it is, consuming
-    nothing), then admit the request (429 when a limit of the caller's tier would be exceeded: nothing consumed);
+    """Check the inputs (`check`: a request that could never succeed is refused for what it is, its texts not
+    counted), then admit the request (429 when a limit of the caller's tier would be exceeded: nothing consumed);
     if it then fails, its texts are given back and the headers say so."""
     if check is not None:
         try:
             check()
         except DomainError:
-            await peek_rate_limits(request)
+            await count_refused_request(request)  # RateLimited instead, once over the minute's limit
             raise
     ticket = await _admit(request, caller, texts)
     try:

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from domain import errors
-from entrypoints.http.deps import peek_rate_limits
+from entrypoints.http.deps import count_refused_request
 from entrypoints.http.json_body import JSON_ERROR
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,10 @@ def install_error_handlers(app: FastAPI) -> None:
             problems.append({"location": ".".join(map(str, location)), "message": _message(err, location)})
         summary = "; ".join(f"{p['location']}: {p['message']}" for p in problems)
         body = error_body("invalid_request", f"invalid request body: {summary}", problems=problems)
-        await peek_rate_limits(request)
+        try:
+            await count_refused_request(request)
+        except errors.RateLimited as limited:
+            return domain_error_response(limited, response_headers(request))
         return JSONResponse(body, 422, headers=response_headers(request))
 
     @app.exception_handler(StarletteHTTPException)

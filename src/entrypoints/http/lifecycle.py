@@ -28,6 +28,7 @@ async def start_services(container: Container, hosted: bool) -> Started:
     if hosted:
         container.usage().start()
         started.tasks.append(asyncio.create_task(_prepare_database(container)))
+        await asyncio.to_thread(container.hasher)  # its dummy bcrypt hash takes ~0.2 s: not on the event loop
     return started
 
 
@@ -54,5 +55,6 @@ async def stop_services(container: Container, started: Started) -> None:
     container.scheduler().shutdown()
     await asyncio.to_thread(container.cache().close)
     if started.hosted:
+        container.hasher().close()
         await asyncio.to_thread(container.usage().close)
         await asyncio.to_thread(container.database().close)

@@ -3,6 +3,7 @@ created; listings show its prefix."""
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -18,7 +19,7 @@ def _deliverable_shape(value: str) -> str:
     from email_validator import EmailNotValidError, validate_email
 
     try:
-        validate_email(value, check_deliverability=False)
+        validate_email(unicodedata.normalize("NFKC", value), check_deliverability=False)  # the form stored
     except EmailNotValidError as exc:
         raise ValueError(str(exc)) from None
     return value
