@@ -47,7 +47,6 @@ from domain.use_cases import (
 from entrypoints.settings import Settings
 
 T = TypeVar("T")
-USAGE_SPILL_FILE = "usage-unwritten.jsonl"  # in DATA_DIR: usage the database could not take at shutdown
 
 
 def model_sources(offline: bool, endpoint: str | None, token: str | None) -> list[ModelSource]:
@@ -197,7 +196,7 @@ class Container(containers.DeclarativeContainer):
             providers.Callable(lambda stores: stores[2], stores),
             api_keys,
             flush_s=config.usage_flush_seconds,
-            spill=providers.Callable(lambda data_dir: Path(data_dir) / USAGE_SPILL_FILE, config.data_dir),
+            spill_dir=providers.Callable(Path, config.data_dir),
         ),
     )
     limiter = providers.Singleton(

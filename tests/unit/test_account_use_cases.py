@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -246,30 +247,45 @@ def test_password_hashing_has_threads_of_its_own_and_refuses_past_its_queue() ->
     asyncio.run(scenario())
 
 
-def test_usage_the_database_cannot_take_at_shutdown_is_spilled_and_read_back(tmp_path: Path) -> None:
+def test_usage_the_database_cannot_take_at_shutdown_is_spilled_and_read_back_once(tmp_path: Path) -> None:
     state = InMemoryAccounts()
     ledger = FlakyLedger(state)
-    spill = tmp_path / "data" / "usage-unwritten.jsonl"
-    one = UsageRecord("usr_a", TODAY, "m", requests=1, texts=2, tokens=10, cache_hits=1, cache_misses=1, compute_ms=2.5)
-    first = BufferedUsageRecorder(ledger, flush_s=3600, spill=spill)
+    data = tmp_path / "data"
+
+    def recorder() -> BufferedUsageRecorder:
+        return BufferedUsageRecorder(ledger, flush_s=3600, spill_dir=data)
+
+    def used(requests: int) -> UsageRecord:
+        return UsageRecord("usr_a", TODAY, "m", requests=requests, texts=2 * requests, tokens=9, compute_ms=1.5)
+
+    processes = {5: recorder(), 7: recorder()}  # two worker processes on one DATA_DIR
+    for requests, process in processes.items():
+        process.start()
+        process.record(used(requests))
+    ledger.failing = True  # the database is down while both shut down
+    for process in processes.values():
+        process.close()
+    assert len(list(data.glob("usage-unwritten.*.jsonl"))) == 2  # one each: neither overwrote the other
+    first, second = recorder(), recorder()
     first.start()
-    first.record(one)
-    ledger.failing = True
-    first.close()  # SIGTERM while the database is down
-    assert spill.exists() and ledger.read("usr_a", TODAY) == []
-    second = BufferedUsageRecorder(ledger, flush_s=3600, spill=spill)
-    second.start()  # still down: read back, kept, and spilled again with what came since
-    second.record(one)
-    second.close()
-    assert list(spill.parent.iterdir()) == [spill]
+    second.start()  # starting beside it: the files are taken
+    assert first.read("usr_a", TODAY) == [used(5).plus(used(7))] and second.read("usr_a", TODAY) == []
+    first.close()  # still down: spilled again, as one file
+    second.close()  # nothing of its own to keep
+    assert [p.name.split(".")[0] for p in data.iterdir()] == ["usage-unwritten"]
+
+    crashed = recorder()
+    crashed.start()
+    for _, descriptor in crashed._claims:  # the process dies holding its claim: the OS drops the lock
+        os.close(descriptor)
+    crashed._claims = []
+    (data / "usage-unwritten.bad.jsonl").write_text('{"not": "a record"}\n', encoding="utf-8")
     ledger.failing = False
-    third, other = (BufferedUsageRecorder(ledger, flush_s=3600, spill=spill) for _ in range(2))
-    third.start()
-    other.start()  # a second process on the same DATA_DIR finds the file claimed: nothing counted twice
-    third.close()
-    other.close()
-    assert ledger.read("usr_a", TODAY) == [one.plus(one)]
-    assert list(spill.parent.iterdir()) == []
+    survivor = recorder()
+    survivor.start()  # takes over the dead process's claim
+    survivor.close()
+    assert ledger.read("usr_a", TODAY) == [used(5).plus(used(7))]  # all of it, once
+    assert [p.name.split(".")[0] for p in data.iterdir()] == ["usage-bad"]
 
 
 def test_a_login_refused_for_want_of_hashing_threads_is_not_a_failed_login() -> None:
