@@ -361,7 +361,7 @@ def test_the_primary_is_left_alone_for_retry_after_s() -> None:
 def test_refunds_go_where_their_hit_was_counted() -> None:
     primary, fallback, clock = FlakyRateLimiter(), InMemoryRateLimiter(), Clock()
     limiter = FailoverRateLimiter(primary, fallback, retry_after_s=5, clock=clock)
-    charge, later = per_minute(limit=100, cost=4), NOW + 1
+    charge, later = replace(per_minute(limit=100, cost=4), refundable=True), NOW + 1
     limiter.hit([charge], NOW)
     primary.down = True
     limiter.hit([charge], later)
@@ -379,7 +379,7 @@ def test_a_refund_of_some_charges_of_a_fallback_hit_goes_to_the_fallback() -> No
     """The meter gives back a failed request's texts (the day charge) but not its request (the minute charge)."""
     primary, fallback, clock = FlakyRateLimiter(), InMemoryRateLimiter(), Clock()
     limiter = FailoverRateLimiter(primary, fallback, retry_after_s=5, clock=clock)
-    day, minute = per_day(limit=100, cost=30), per_minute(limit=10)
+    day, minute = replace(per_day(limit=100, cost=30), refundable=True), per_minute(limit=10)
     limiter.hit([day, minute], NOW)  # counted in the primary
     primary.down = True
     limiter.hit([day, minute], NOW + 1)  # counted in the fallback
