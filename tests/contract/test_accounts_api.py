@@ -596,3 +596,15 @@ def test_requests_refused_for_their_input_still_count_in_the_minute(tmp_path: Pa
         assert (over.status_code, over.json()["error"]["window"]) == (429, "minute")
         over = client.post("/v1/embed", content=b"{", headers={**key, "content-type": "application/json"})
         assert (over.status_code, over.json()["error"]["type"]) == (429, "rate_limited")
+
+
+def test_a_request_refused_for_its_query_or_path_counts_once(tmp_path: Path) -> None:
+    with hosted(tmp_path, free_tier_per_minute=10) as client:
+        key, token = bearer(signup(client)), bearer(login(client))
+        answers = [
+            client.get("/v1/usage?days=0", headers=key),
+            client.get("/v1/usage?days=abc", headers=token),
+            client.delete("/v1/keys/" + "x" * 70, headers=token),
+        ]
+        assert [a.status_code for a in answers] == [422, 422, 422]
+        assert [a.headers["x-ratelimit-remaining-requests"] for a in answers] == ["9", "9", "8"]

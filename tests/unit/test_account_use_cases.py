@@ -304,3 +304,16 @@ def test_a_login_refused_for_want_of_hashing_threads_is_not_a_failed_login() -> 
         assert await login.execute("ada@example.com", "pw-12345678") == (f"token-for-{ada}", 60)
 
     asyncio.run(scenario())
+
+
+def test_logins_in_progress_are_not_failures() -> None:
+    async def scenario() -> None:
+        state = InMemoryAccounts()
+        store = InMemoryAccountStore(state)
+        hasher = IsolatedPasswordHasher(BcryptPasswordHasher(6), threads=2, max_waiting=10)
+        await SignUp(store, hasher, enabled=True).execute("ada@example.com", "pw-12345678")
+        login = LogIn(store, hasher, FakeTokens(), InMemoryRateLimiter(), LoginThrottle(2, 60))
+        attempts = await asyncio.gather(*(login.execute("ada@example.com", "pw-12345678") for _ in range(8)))
+        assert len(attempts) == 8  # eight right passwords at once: none refused by the failure throttle
+
+    asyncio.run(scenario())

@@ -8,15 +8,13 @@ import hashlib
 import time
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from domain.api_keys import new_id
 from domain.errors import (
-    AccountsUnavailable,
     InvalidCredentials,
     InvalidInput,
-    Overloaded,
     RateLimited,
     SessionRequired,
     SignupClosed,
@@ -112,39 +110,30 @@ class LogIn:
             email = normalize_email(email)
         except InvalidInput:
             email = ""  # no account has it: the same work and answer as any unknown email
-        failures = Charge(
+        failure = Charge(
             name="login",
             key="login:" + hashlib.sha256(email.encode("utf-8", "surrogatepass")).hexdigest(),
             limit=self._throttle.failures,
             window_s=self._throttle.window_s,
             cost=1,
-            refundable=True,
         )
         now = self._clock()
-        admission = await asyncio.to_thread(self._limiter.hit, [failures], now)
-        if admission.refused is not None:
-            wait = max(1, int(admission.refused.reset_s + 0.999))
+        (window,) = (await asyncio.to_thread(self._limiter.hit, [replace(failure, cost=0)], now)).windows
+        if window.used >= failure.limit:  # read, not counted: logins in progress are no failures
+            wait = max(1, int(window.reset_s + 0.999))
             raise RateLimited(
                 f"too many failed logins for this email; try again in {wait} s.",
                 retry_after_s=wait,
                 limit=self._throttle.failures,
                 window=f"{self._throttle.window_s}s",
-                reset_at=_iso(now + admission.refused.reset_s),
+                reset_at=_iso(now + window.reset_s),
             )
-        try:
-            account = await asyncio.to_thread(self._accounts.by_email, email) if email else None
-        except AccountsUnavailable:
-            await asyncio.to_thread(self._limiter.refund, [failures], now)  # not a failed login
-            raise
+        account = await asyncio.to_thread(self._accounts.by_email, email) if email else None
         hashed = account.password_hash if account is not None else self._hasher.dummy_hash
-        try:
-            ok = await self._hasher.verify(password, hashed)
-        except (Overloaded, asyncio.CancelledError):  # the password was never checked: no failure to count
-            await asyncio.shield(asyncio.to_thread(self._limiter.refund, [failures], now))
-            raise
+        ok = await self._hasher.verify(password, hashed)  # Overloaded, or cancelled: never checked, nothing counted
         if account is None or not ok:
+            await asyncio.to_thread(self._limiter.hit, [failure], now)  # only a checked, wrong password counts
             raise InvalidCredentials()
-        await asyncio.to_thread(self._limiter.refund, [failures], now)  # only failures count
         return self._tokens.issue(account.id), self._tokens.expires_in
 
 

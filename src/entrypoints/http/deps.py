@@ -112,6 +112,7 @@ async def _admit(request: Request, caller: Caller, texts: int) -> Any:
         raise
     if metered is not None:
         request.state.headers = rate_limit_headers(metered.admission)
+        request.state.admitted = True
     return metered
 
 
@@ -119,8 +120,8 @@ async def count_refused_request(request: Request) -> None:
     """A metered caller's request refused for its input (400, 413, 422) counts as a request in the minute, not its
     texts; RateLimited when that goes over the limit."""
     caller = getattr(request.state, "caller", None)
-    if caller is not None and caller.metered:
-        await _admit(request, caller, 0)
+    if caller is not None and caller.metered and not getattr(request.state, "admitted", False):
+        await _admit(request, caller, 0)  # (a dependency may have counted it already: not twice)
 
 
 @asynccontextmanager
