@@ -67,6 +67,13 @@ class InMemoryRateLimiter:
                 if slot in self._counters:
                     self._counters[slot] = max(0, self._counters[slot] - charge.cost)
 
+    def seed(self, charge: Charge, now: float, used: int) -> None:
+        """Count at least `used` in the charge's current window (what the shared store had counted, before an
+        outage made this process count alone)."""
+        slot = (charge.key, charge.window_s, window_index(charge, now))
+        with self._lock:
+            self._counters[slot] = max(self._counters.get(slot, 0), used)
+
     def _sweep(self, now: float) -> None:
         if now < self._next_sweep:
             return

@@ -10,8 +10,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TypeVar
 
+from adapters.rate_limiting import InMemoryRateLimiter, window_index
 from domain.errors import CacheUnavailable
 from domain.model import Admission, CacheScope, CacheStats, Charge, Vector
 from domain.ports import EmbeddingCache, RateLimiter
@@ -301,7 +303,8 @@ class FailSafeCache:
 class FailoverRateLimiter:
     """The primary limiter (Redis) while it answers; when it raises, the fallback (in this process) answers instead
     and the primary is left alone for `retry_after_s`, after which one call tries it again. One warning is logged
-    per outage and one line when the primary answers again.
+    per outage and one line when the primary answers again. The fallback starts each window from the primary's last
+    count this process saw (not from zero), and its answers are marked provisional.
 
     A refund goes where its hit was consumed: each charge of a hit the fallback allowed is remembered by (charge,
     now), as `refund` receives them (a refund may give back only some of a hit's charges), for the last
@@ -311,7 +314,7 @@ class FailoverRateLimiter:
     def __init__(
         self,
         primary: RateLimiter,
-        fallback: RateLimiter,
+        fallback: InMemoryRateLimiter,
         retry_after_s: float = 5.0,
         *,
         remembered_refunds: int = 10_000,
@@ -326,6 +329,7 @@ class FailoverRateLimiter:
         self._outage = False
         self._retry_at = float("-inf")
         self._answered_by_fallback: OrderedDict[tuple[Charge, float], int] = OrderedDict()
+        self._last_seen: OrderedDict[tuple[str, int, int], int] = OrderedDict()
 
     @property
     def in_outage(self) -> bool:
@@ -339,13 +343,28 @@ class FailoverRateLimiter:
                 self._primary_failed(error)
             else:
                 self._primary_answered()
+                self._saw(charges, answer, now)
                 return answer
+        for charge in charges:  # start from what the shared store had counted, not from zero
+            seen = self._last_seen.get((charge.key, charge.window_s, window_index(charge, now)))
+            if seen is not None:
+                self._fallback.seed(charge, now, seen)
         answer = self._fallback.hit(charges, now)
         if answer.allowed:
             for charge in charges:
                 if charge.cost and charge.refundable:  # nothing else is ever given back
                     self._remember(charge, now)
-        return answer
+        return replace(answer, provisional=True)
+
+    def _saw(self, charges: Sequence[Charge], answer: Admission, now: float) -> None:
+        """Remember the shared store's counts of the windows just used (the last `remembered_refunds` of them)."""
+        with self._lock:
+            for charge, window in zip(charges, answer.windows, strict=True):
+                slot = (charge.key, charge.window_s, window_index(charge, now))
+                self._last_seen[slot] = window.used
+                self._last_seen.move_to_end(slot)
+            while len(self._last_seen) > self._remembered_refunds:
+                self._last_seen.popitem(last=False)
 
     def refund(self, charges: Sequence[Charge], now: float) -> None:
         counted_here = [charge for charge in charges if self._forget(charge, now)]

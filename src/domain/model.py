@@ -207,6 +207,7 @@ class Admission:
 
     windows: tuple[WindowState, ...]
     refused: WindowState | None = None
+    provisional: bool = False  # counted by one process alone while the shared store was unreachable
 
     @property
     def allowed(self) -> bool:

@@ -278,8 +278,10 @@ def test_hits_are_counted_in_process_while_redis_is_down(caplog: pytest.LogCaptu
         answers = [limiter.hit([charge], NOW) for _ in range(20)]
         time.sleep(0.25)
         answers.append(limiter.hit([charge], NOW))
-    assert [answer.windows[0].used for answer in answers] == list(range(1, 22))
-    assert used(fallback, charge) == 21
+    # counted on from Redis's last count (1), not from zero
+    assert [answer.windows[0].used for answer in answers] == list(range(2, 23))
+    assert all(answer.provisional for answer in answers)
+    assert used(fallback, charge) == 22
     [warning] = rate_limiter_logs(caplog, logging.WARNING)
     assert "Redis is unreachable" in warning and "ConnectionError" in warning
     assert "secret-password" not in warning and str(port) not in warning and "127.0.0.1" not in warning
@@ -301,8 +303,9 @@ def test_redis_is_used_again_once_it_recovers(caplog: pytest.LogCaptureFixture) 
             time.sleep(0.25)
             answers = [limiter.hit([charge], NOW) for _ in range(3)]
             assert counter(port, redis_limiter, charge) == 3
-    assert [answer.windows[0].used for answer in answers] == [1, 2, 3]
-    assert used(fallback, charge) == 2
+    assert [answer.windows[0].used for answer in answers] == [1, 2, 3]  # the restarted Redis's own count
+    assert not any(answer.provisional for answer in answers)
+    assert used(fallback, charge) == 3  # Redis's last count (1) and the two made during the outage
     assert len(rate_limiter_logs(caplog, logging.WARNING)) == 1
     [recovered] = rate_limiter_logs(caplog, logging.INFO)
     assert "recovered" in recovered
@@ -369,10 +372,10 @@ def test_refunds_go_where_their_hit_was_counted() -> None:
     primary.down = False
     clock.now += 5
     limiter.refund([charge], later)
-    assert (used(primary.counters, charge), used(fallback, charge)) == (4, 4)
+    assert (used(primary.counters, charge), used(fallback, charge)) == (4, 8)  # the fallback started at 4
     limiter.refund([charge], NOW)
     limiter.refund([charge], later)
-    assert (used(primary.counters, charge), used(fallback, charge)) == (0, 0)
+    assert (used(primary.counters, charge), used(fallback, charge)) == (0, 4)
 
 
 def test_a_refund_of_some_charges_of_a_fallback_hit_goes_to_the_fallback() -> None:
@@ -386,5 +389,18 @@ def test_a_refund_of_some_charges_of_a_fallback_hit_goes_to_the_fallback() -> No
     primary.down = False
     clock.now += 5
     limiter.refund([day], NOW + 1)
-    assert (used(primary.counters, day), used(fallback, day)) == (30, 0)
-    assert (used(primary.counters, minute), used(fallback, minute)) == (1, 1)
+    assert (used(primary.counters, day), used(fallback, day)) == (30, 30)  # started at the primary's 30, +30 -30
+    assert (used(primary.counters, minute), used(fallback, minute)) == (1, 2)
+
+
+def test_the_fallback_starts_from_the_primarys_last_count_and_says_it_is_provisional() -> None:
+    primary, fallback, clock = FlakyRateLimiter(), InMemoryRateLimiter(), Clock()
+    limiter = FailoverRateLimiter(primary, fallback, retry_after_s=5, clock=clock)
+    day = per_day(limit=10, cost=6)
+    first = limiter.hit([day], NOW)
+    assert first.allowed and not first.provisional
+    primary.down = True
+    during = limiter.hit([day], NOW + 1)  # 6 counted in the shared store: 6 more would make 12
+    assert not during.allowed and during.provisional
+    assert during.refused == WindowState(day, 6, during.refused.reset_s)  # type: ignore[union-attr]
+    assert limiter.hit([per_day(limit=10, cost=4)], NOW + 1).allowed  # 6 + 4 fits

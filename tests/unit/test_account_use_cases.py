@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from domain.errors import (
     SignupClosed,
     Unauthenticated,
 )
-from domain.model import Caller, Tier, UsageRecord
+from domain.model import Admission, Caller, Charge, Tier, UsageRecord
 from domain.use_cases import (
     AuthenticateCaller,
     GetUsage,
@@ -315,5 +316,23 @@ def test_logins_in_progress_are_not_failures() -> None:
         login = LogIn(store, hasher, FakeTokens(), InMemoryRateLimiter(), LoginThrottle(2, 60))
         attempts = await asyncio.gather(*(login.execute("ada@example.com", "pw-12345678") for _ in range(8)))
         assert len(attempts) == 8  # eight right passwords at once: none refused by the failure throttle
+
+    asyncio.run(scenario())
+
+
+def test_a_provisional_refusal_asks_the_caller_back_soon_not_tomorrow() -> None:
+    class CountingAlone(InMemoryRateLimiter):
+        """As the failover answers while Redis is down."""
+
+        def hit(self, charges: Sequence[Charge], now: float) -> Admission:
+            return replace(super().hit(charges, now), provisional=True)
+
+    async def scenario() -> None:
+        meter = MeterRequests(CountingAlone(), {Tier.FREE: TierLimits(5, 100)}, clock=lambda: 1_700_000_000.0)
+        caller = Caller(account_id="usr_a", key_id="key_a", tier=Tier.FREE, tenant="usr_a")
+        await meter.admit(caller, 5)
+        with pytest.raises(RateLimited) as refused:
+            await meter.admit(caller, 1)
+        assert refused.value.window == "day" and refused.value.retry_after_s == 10  # not the ~9 hours left
 
     asyncio.run(scenario())

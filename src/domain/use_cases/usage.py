@@ -15,6 +15,7 @@ from domain.ports import RateLimiter, UsageRecorder
 
 DAY_S, MINUTE_S = 86400, 60
 REQUESTS, SESSIONS = "requests", "sessions"
+PROVISIONAL_RETRY_S = 10
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ class MeterRequests:
         refused = admission.refused
         if refused is not None:
             wait = max(1, int(refused.reset_s + 0.999))
+            if admission.provisional:  # one process's count while the shared one is unreachable: ask again soon
+                wait = min(wait, PROVISIONAL_RETRY_S)
             reset_at = datetime.fromtimestamp(round(now + refused.reset_s), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             charge = refused.charge
             if charge.name == "day":
