@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 
 import numpy as np
@@ -198,6 +198,15 @@ class WindowState:
     @property
     def remaining(self) -> int:
         return max(0, self.charge.limit - self.used)
+
+    @property
+    def retry_after_s(self) -> int:
+        """Whole seconds until the window ends (at least 1): what a refusal's Retry-After says."""
+        return max(1, int(self.reset_s + 0.999))
+
+    def resets_at(self, now: float) -> str:
+        """When the window ends, in UTC ISO 8601 (`now`: the epoch seconds `reset_s` was reckoned from)."""
+        return datetime.fromtimestamp(round(now + self.reset_s), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)

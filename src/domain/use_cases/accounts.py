@@ -120,13 +120,12 @@ class LogIn:
         now = self._clock()
         (window,) = (await asyncio.to_thread(self._limiter.hit, [replace(failure, cost=0)], now)).windows
         if window.used >= failure.limit:  # read, not counted: logins in progress are no failures
-            wait = max(1, int(window.reset_s + 0.999))
             raise RateLimited(
-                f"too many failed logins for this email; try again in {wait} s.",
-                retry_after_s=wait,
+                f"too many failed logins for this email; try again in {window.retry_after_s} s.",
+                retry_after_s=window.retry_after_s,
                 limit=self._throttle.failures,
                 window=f"{self._throttle.window_s}s",
-                reset_at=_iso(now + window.reset_s),
+                reset_at=window.resets_at(now),
             )
         account = await asyncio.to_thread(self._accounts.by_email, email) if email else None
         hashed = account.password_hash if account is not None else self._hasher.dummy_hash
@@ -135,10 +134,6 @@ class LogIn:
             await asyncio.to_thread(self._limiter.hit, [failure], now)  # only a checked, wrong password counts
             raise InvalidCredentials()
         return self._tokens.issue(account.id), self._tokens.expires_in
-
-
-def _iso(epoch_s: float) -> str:
-    return datetime.fromtimestamp(round(epoch_s), tz=utc_now().tzinfo).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class AuthenticateAccount:

@@ -70,10 +70,10 @@ class MeterRequests:
         admission = await asyncio.to_thread(self._limiter.hit, charges, now)
         refused = admission.refused
         if refused is not None:
-            wait = max(1, int(refused.reset_s + 0.999))
+            wait = refused.retry_after_s
             if admission.provisional:  # one process's count while the shared one is unreachable: ask again soon
                 wait = min(wait, PROVISIONAL_RETRY_S)
-            reset_at = datetime.fromtimestamp(round(now + refused.reset_s), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            reset_at = refused.resets_at(now)
             charge = refused.charge
             if charge.name == "day":
                 what = (
