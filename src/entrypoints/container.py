@@ -89,9 +89,11 @@ def postgres_cache(url: str, timeout_s: float) -> EmbeddingCache:
 
 
 def sql_stores(database: Any) -> tuple[AccountStore, ApiKeyStore, UsageLedger]:
+    from adapters.resilience import OutageLog
     from adapters.sql.accounts import SqlAccountStore, SqlApiKeyStore, SqlUsageLedger
 
-    return SqlAccountStore(database), SqlApiKeyStore(database), SqlUsageLedger(database)
+    outage = OutageLog("account database")  # one warning per outage of the database, whichever store saw it
+    return SqlAccountStore(database, outage), SqlApiKeyStore(database, outage), SqlUsageLedger(database, outage)
 
 
 def rate_limiter(url: str | None, retry_after_s: float) -> RateLimiter:

@@ -23,13 +23,12 @@ from domain.model import Account, ApiKey, Tier, UsageRecord
 log = logging.getLogger(__name__)
 
 
-_OUTAGES: dict[int, OutageLog] = {}  # one per database: a warning per outage, not per request
-
-
 class _SqlStore:
-    def __init__(self, database: SqlDatabase) -> None:
+    """`outage`: shared by the stores of one database, so an outage is one warning, not one per store."""
+
+    def __init__(self, database: SqlDatabase, outage: OutageLog | None = None) -> None:
         self._db = database
-        self._outage = _OUTAGES.setdefault(id(database), OutageLog("account database"))
+        self._outage = outage or OutageLog("account database")
 
     @contextmanager
     def _transaction(self, what: str, *, read_only: bool = False, from_caller: bool = True) -> Iterator[Connection]:
