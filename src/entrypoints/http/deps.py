@@ -72,13 +72,11 @@ AccountDep = Annotated[Account, Depends(session)]
 async def account_of_either(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
     """The account id behind a session token or an account's API key (GET /v1/usage takes either)."""
     presented = bearer(authorization)
-    container = container_of(request)
     if presented and presented.count(".") == 2:
         return (await session(request, authorization)).id
-    caller = await use_case(container, AuthenticateCaller).execute(presented)
+    caller = await authenticated(request, authorization)
     if caller.account_id is None:
         raise Unauthenticated("usage is kept for accounts; send an account's API key or session token.")
-    request.state.caller = caller
     await _admit(request, caller, 0)
     return caller.account_id
 

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from domain import errors
-from entrypoints.http.deps import count_refused_request
+from entrypoints.http.deps import count_refused_request, headers_for
 from entrypoints.http.json_body import JSON_ERROR
 
 log = logging.getLogger(__name__)
@@ -93,12 +93,6 @@ def internal_error_response() -> JSONResponse:
     return JSONResponse(error_body(INTERNAL.type, "internal server error"), INTERNAL.status)
 
 
-def response_headers(request: Request) -> dict[str, str]:
-    """Headers every answer to this request carries, errors included (a metered caller's rate-limit headers)."""
-    headers: dict[str, str] = getattr(request.state, "headers", None) or {}
-    return headers
-
-
 def _location(loc: tuple[int | str, ...], union: bool) -> tuple[int | str, ...]:
     """On POST /embed (`union`), drop the dialect tag pydantic inserts: body.texts.texts.0 -> body.texts.0, and a
     body-wide error of the texts dialect, body.texts -> body."""
@@ -128,7 +122,7 @@ def _message(error: dict[str, Any], location: tuple[int | str, ...]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.DomainError)
     async def on_domain_error(request: Request, exc: errors.DomainError) -> JSONResponse:
-        return domain_error_response(exc, response_headers(request))
+        return domain_error_response(exc, headers_for(request))
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -154,8 +148,8 @@ def install_error_handlers(app: FastAPI) -> None:
         try:
             await count_refused_request(request)
         except errors.RateLimited as limited:
-            return domain_error_response(limited, response_headers(request))
-        return JSONResponse(body, 422, headers=response_headers(request))
+            return domain_error_response(limited, headers_for(request))
+        return JSONResponse(body, 422, headers=headers_for(request))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
