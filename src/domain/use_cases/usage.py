@@ -118,12 +118,8 @@ class UsageReport:
     def totals(self) -> UsageRecord:
         total = UsageRecord(self.account_id, self.since, "*")
         for row in self.rows:
-            total = total.plus(UsageRecord(self.account_id, self.since, "*", *_counts(row)))
+            total = total.plus(row)  # the sum keeps the total's account, day and model
         return total
-
-
-def _counts(row: UsageRecord) -> tuple[int, int, int, int, int, float]:
-    return row.requests, row.texts, row.tokens, row.cache_hits, row.cache_misses, row.compute_ms
 
 
 MAX_USAGE_DAYS = 366
