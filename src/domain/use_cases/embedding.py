@@ -94,7 +94,8 @@ class _EmbedTexts:
         self, items: Sequence[TextItem], model: str | None, encoding_format: str, caller: Caller, public: bool
     ) -> EmbeddingResult:
         arrived = time.monotonic()  # the deadline counts from here, cache lookup included
-        day = datetime.now(UTC).date()  # usage belongs to the UTC day the request arrived on, as its quota does
+        metered = caller.metered and self._usage is not None
+        day = datetime.now(UTC).date() if metered else None  # usage: the UTC day it arrived on, as its quota
         spec = self._validate(items, model, encoding_format)
         embedder = self._host.embedder()
         texts = [item.text for item in items]
@@ -119,7 +120,7 @@ class _EmbedTexts:
                 cache_used=True,
                 compute_ms=compute_s * 1000,
             )
-        if caller.metered and self._usage is not None:
+        if day is not None:
             await self._record(caller, embedder, texts, result, day)
         return result
 
