@@ -101,7 +101,9 @@ class ConnectionWatchdog:
         try:
             yield
         except Exception as exc:
-            if op.expired:
+            # expired: the watchdog aborted a connection; past the deadline: a bound of the driver's own (the pool's
+            # wait, which starts after the operation and has the same length) ran out first
+            if op.expired or time.monotonic() >= op.deadline:
                 raise DeadlineExceeded(f"the database did not answer within {op.timeout_s:g} s") from exc
             raise
         finally:

@@ -93,3 +93,16 @@ def test_connects_the_caller_gave_up_on_are_cancelled_or_closed() -> None:
     time.sleep(0.4)
     assert len(opened) == 1  # the queued one never ran
     connector.close()
+
+
+def test_a_bound_of_the_drivers_own_that_runs_out_with_the_deadline_is_reported_as_the_deadline() -> None:
+    """The pool's wait has the operation's length and starts after it: its TimeoutError may come before the
+    watchdog thread has marked the operation expired (CI saw it), and must still read as DeadlineExceeded."""
+    watchdog = ConnectionWatchdog(0.05, lambda c: None)
+    watchdog._thread = threading.current_thread()  # an alive "watchdog" that never marks anything: the race, held
+    with pytest.raises(DeadlineExceeded), watchdog.operation():
+        time.sleep(0.06)
+        raise TimeoutError("QueuePool limit of size 1 overflow 1 reached, connection timed out, timeout 0.05")
+    with pytest.raises(TimeoutError, match="QueuePool") as raised, watchdog.operation():
+        raise TimeoutError("QueuePool limit reached")  # before its deadline: the driver's own error, as it is
+    assert not isinstance(raised.value, DeadlineExceeded)
