@@ -4,6 +4,7 @@ request, run in worker threads off the event loop, with per-request deadlines an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import threading
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from adapters.metrics import NoMetrics
 from domain.errors import BackendFailure, Overloaded, Timeout
 from domain.model import Vectors
 from domain.ports import Embedder
@@ -117,7 +119,9 @@ class DynamicBatchingScheduler:
         policy: BatchPolicy | None = None,
         max_workers: int = 1,
         admit_share: float = 0.8,
+        metrics: NoMetrics | None = None,
     ) -> None:
+        self._metrics = metrics or NoMetrics()
         self._timeout_s = timeout_s
         self._admit_share = admit_share
         self._max_queued = max_queued_texts
@@ -173,6 +177,7 @@ class DynamicBatchingScheduler:
         self._active.add(job)
         self._inbox.extend(_Item(job, i, count) for i, count in enumerate(tokens))
         self._wakeup.set()
+        self._report_queue()
         try:
             return await asyncio.wait_for(job.future, timeout=max(0.0, job.deadline - time.monotonic()))
         except TimeoutError:
@@ -180,6 +185,12 @@ class DynamicBatchingScheduler:
         finally:
             job.abandoned = not job.future.done() or job.future.cancelled()
             self._active.discard(job)
+            self._report_queue()
+
+    def _report_queue(self) -> None:
+        """The queue-depth gauge, set on the event loop (which alone changes the set of active requests)."""
+        if self._metrics.enabled:
+            self._metrics.queued_texts(self.queued_texts)
 
     def _admit(self, texts: int, tokens: int, arrived: float) -> None:
         """Refuse at once what the queue cannot hold or would not finish in time behind the work already queued
@@ -188,11 +199,13 @@ class DynamicBatchingScheduler:
         ahead = self.queued_tokens + self._reserved_tokens
         rate = self._throughput.tokens_per_s * self._max_workers
         if self._closed or (queued and queued + texts > self._max_queued):
+            self._metrics.overloaded()
             raise Overloaded(retry_after_s=self._retry_after(ahead))
         if not ahead:
             return
         if rate <= 0:  # nothing measured yet: no more than one model call's worth until the first one tells
             if ahead + tokens > self._policy.max_tokens:
+                self._metrics.overloaded()
                 raise Overloaded(retry_after_s=1)
             return
         finish_s = (ahead + tokens) / rate
@@ -201,6 +214,7 @@ class DynamicBatchingScheduler:
             log.debug(
                 "refused %d tokens behind %d at %.0f tokens/s: %.1f s > %.1f s", tokens, ahead, rate, finish_s, budget_s
             )
+            self._metrics.overloaded()
             raise Overloaded(retry_after_s=_whole_seconds(finish_s - budget_s))
 
     def _retry_after(self, queued_tokens: int) -> int:
@@ -314,7 +328,10 @@ class DynamicBatchingScheduler:
                 self._last_batch_s * 1000,
                 len(self._pending) + len(self._inbox),
             )
-        self._throughput.record(sum(item.tokens for item in batch), self._last_batch_s)
+        batch_tokens = sum(item.tokens for item in batch)
+        self._throughput.record(batch_tokens, self._last_batch_s)
+        if self._metrics.enabled:
+            self._metrics.model_call(embedder.info.spec.name, len(batch), batch_tokens, self._last_batch_s)
         answered = 0
         for item, vector in zip(batch, vectors, strict=True):
             job = item.job
@@ -328,6 +345,9 @@ class DynamicBatchingScheduler:
             if job.remaining == 0:
                 answered += 1
                 job.loop.call_soon_threadsafe(_resolve, job.future, job.out)
+        if self._metrics.enabled:  # texts of requests still waiting for others left the queue
+            with contextlib.suppress(RuntimeError):  # that event loop has closed
+                batch[0].job.loop.call_soon_threadsafe(self._report_queue)
         return answered
 
     def _fail(self, job: _Job) -> None:

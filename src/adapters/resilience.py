@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
+from adapters.metrics import NoMetrics
 from adapters.rate_limiting import InMemoryRateLimiter, window_index
 from domain.errors import CacheUnavailable
 from domain.model import Admission, CacheScope, CacheStats, Charge, Vector
@@ -78,7 +79,9 @@ class FailSafeCache:
         retry_after_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         wait_s: float = 2.0,
+        metrics: NoMetrics | None = None,
     ) -> None:
+        self._metrics = metrics or NoMetrics()
         self._store = store
         self._shared_pool = shared_pool
         self._retry_after_s = retry_after_s
@@ -149,9 +152,13 @@ class FailSafeCache:
         return self._run("store", put) is not None
 
     async def lookup_in_time(self, scope: CacheScope, keys: Sequence[bytes]) -> dict[bytes, Vector]:
-        """lookup() in a worker thread, waited for at most `wait_s` (queueing for a thread included)."""
-        found = await self._in_time("lookup", self.lookup, scope, keys)
-        return found or {}
+        """lookup() in a worker thread, waited for at most `wait_s` (queueing for a thread included). Metrics count
+        each key as a hit or a miss (a lookup that failed or was skipped: all misses)."""
+        found = await self._in_time("lookup", self.lookup, scope, keys) or {}
+        if self._metrics.enabled:
+            hits = sum(1 for key in keys if key in found)
+            self._metrics.cache_lookup(hits, len(keys) - hits)
+        return found
 
     async def save_in_time(self, scope: CacheScope, vectors: Mapping[bytes, Vector]) -> None:
         """save() in a worker thread, waited for at most `wait_s` (queueing for a thread included)."""

@@ -6,14 +6,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import secrets
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 from pydantic import ValidationError
 
+from adapters.metrics import MULTIPROC_DIR_VARIABLE, prepare_multiprocess_dir
 from adapters.resilience import describe_failure
 from domain.errors import DomainError
 from domain.model import KNOWN_MODELS, SHARED_POOL, Tier, resolve_model
@@ -48,19 +52,41 @@ def serve(args: argparse.Namespace) -> int:
             for name in ("default", "access")
         }
     }
-    uvicorn.run(
-        "entrypoints.http.app:create_app",
-        factory=True,
-        http="entrypoints.http.protocol:GuardedHttpToolsProtocol",  # header size and slow-client limits
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        reload=args.reload,
-        reload_dirs=[str(Path(__file__).resolve().parents[1])] if args.reload else None,
-        workers=None if args.reload else args.workers,
-        access_log=False,
-        log_config=log_config,
-    )
+    workers = None if args.reload else args.workers
+    temporary = _metrics_across_workers(settings, workers or 1)
+    try:
+        uvicorn.run(
+            "entrypoints.http.app:create_app",
+            factory=True,
+            http="entrypoints.http.protocol:GuardedHttpToolsProtocol",  # header size and slow-client limits
+            host=args.host or settings.host,
+            port=args.port or settings.port,
+            reload=args.reload,
+            reload_dirs=[str(Path(__file__).resolve().parents[1])] if args.reload else None,
+            workers=workers,
+            access_log=False,
+            log_config=log_config,
+        )
+    finally:
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
     return 0
+
+
+def _metrics_across_workers(settings: Settings, workers: int) -> str | None:
+    """With metrics on and several worker processes, each process writes its metrics into files in one folder, and
+    GET /metrics (whichever process answers) adds them up: prometheus_client's multiprocess mode, which it picks at
+    import from PROMETHEUS_MULTIPROC_DIR, so that is set here, before uvicorn starts the workers. The folder is
+    METRICS_MULTIPROC_DIR (emptied of earlier runs' files) or a temporary one; returns the temporary one, to remove
+    once the server has stopped."""
+    if not settings.metrics_enabled or workers < 2 or os.environ.get(MULTIPROC_DIR_VARIABLE):
+        return None
+    configured = settings.metrics_multiproc_dir
+    folder = str(configured) if configured else tempfile.mkdtemp(prefix="embedding-service-metrics-")
+    prepare_multiprocess_dir(folder)
+    os.environ[MULTIPROC_DIR_VARIABLE] = folder
+    log.info("metrics of %d worker processes are collected in %s", workers, folder)
+    return None if configured else folder
 
 
 def pull(args: argparse.Namespace) -> int:

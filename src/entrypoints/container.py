@@ -10,6 +10,7 @@ from dependency_injector import containers, providers
 from adapters.dynamic_batcher import BatchPolicy, DynamicBatchingScheduler
 from adapters.fake_embedder import FakeEmbedderLoader
 from adapters.memory_cache import InMemoryEmbeddingCache, NoEmbeddingCache
+from adapters.metrics import NoMetrics, PrometheusMetrics
 from adapters.model_provisioning import (
     HuggingFaceHubModelSource,
     ModelSource,
@@ -151,6 +152,11 @@ class Container(containers.DeclarativeContainer):
         fake=providers.Singleton(FakeEmbedderLoader, model_spec),
     )
 
+    metrics = providers.Selector(
+        config.metrics,
+        none=providers.Singleton(NoMetrics),
+        prometheus=providers.Singleton(PrometheusMetrics),
+    )
     host = providers.Singleton(ModelHost, loader)
     batch_policy = providers.Factory(
         BatchPolicy,
@@ -164,6 +170,7 @@ class Container(containers.DeclarativeContainer):
         max_queued_texts=config.max_queued_texts,
         policy=batch_policy,
         max_workers=config.max_workers,
+        metrics=metrics,
     )
     limits = providers.Singleton(Limits, max_input_length=config.max_input_length, max_batch_size=config.max_batch_size)
 
@@ -185,6 +192,7 @@ class Container(containers.DeclarativeContainer):
         shared_pool=config.cache_shared_pool,
         retry_after_s=config.cache_retry_seconds,
         wait_s=config.cache_timeout_seconds,
+        metrics=metrics,
     )
 
     stores = providers.Singleton(sql_stores, database)
@@ -277,6 +285,7 @@ def build_container(settings: Settings) -> Container:
             "tenant_keys": settings.tenant_keys(),
             "database": {"kind": plan.kind, "url": plan.url, "cache": plan.cache, "cache_url": plan.cache_url},
             "accounts": "sql" if settings.hosted else "none",
+            "metrics": "prometheus" if settings.metrics_enabled else "none",
         }
     )
     return container

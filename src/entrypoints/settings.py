@@ -106,6 +106,15 @@ class Settings(BaseSettings):
     port: int = 8080
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="DEBUG logs every batch")
 
+    metrics_enabled: bool = Field(False, description="serve Prometheus metrics at GET /metrics")
+    metrics_key: SecretStr | None = Field(
+        None, description="GET /metrics then needs 'Authorization: Bearer <METRICS_KEY>'; unset: open, like /health"
+    )
+    metrics_multiproc_dir: Path | None = Field(
+        None,
+        description="serve --workers N>1: the processes' metric files (emptied at start); unset: a temporary folder",
+    )
+
     @field_validator("model_name")
     @classmethod
     def _known_model(cls, value: str) -> str:

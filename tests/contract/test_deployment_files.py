@@ -255,6 +255,8 @@ def test_compose_hosted_profile_wiring(compose: dict[str, Any]) -> None:
 
     environment = hosted["environment"]
     assert environment["HOSTED"] == "true"
+    assert environment["METRICS_ENABLED"] == "true"  # the dev and events services keep none
+    assert all("METRICS_ENABLED" not in s.get("environment", {}) for s in services.values() if s is not hosted)
     assert environment.get("CACHE_BACKEND", "postgres") == "postgres" and "DATA_DIR" not in environment
     assert hosted["depends_on"] == {
         "postgres": {"condition": "service_healthy"},
@@ -339,6 +341,8 @@ def test_compose_hosted_command_really_runs_on_postgres_and_redis(compose: dict[
                 assert answer.json()["cached"] is cached
             login = httpx.post(f"{base}/v1/auth/login", json={"email": email, "password": "compose-password"})
             assert login.status_code == 200, login.text
+            exposition = httpx.get(f"{base}/metrics").text  # the hosted profile turns metrics on
+            assert 'embedding_http_requests_total{method="POST",route="/v1/embed",status="200"} 2.0' in exposition
             counters = list(counters_store.scan_iter(match=f"*:{{{user_id}}}:*"))  # a Redis Cluster hash tag
             login_throttle = list(
                 counters_store.scan_iter(match=f"*:login:{hashlib.sha256(email.encode()).hexdigest()}:*")

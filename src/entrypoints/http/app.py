@@ -13,8 +13,8 @@ from fastapi.openapi.utils import get_openapi
 from entrypoints.container import build_container
 from entrypoints.http.errors import install_error_handlers
 from entrypoints.http.lifecycle import start_services, stop_services
-from entrypoints.http.middleware import AccessLog, BodySizeLimit
-from entrypoints.http.routes import accounts, embed, hosted, operations
+from entrypoints.http.middleware import AccessLog, BodySizeLimit, RequestMetrics
+from entrypoints.http.routes import accounts, embed, hosted, metrics, operations
 from entrypoints.http.schemas.common import document_limits
 from entrypoints.settings import Settings, check_startup
 
@@ -46,11 +46,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.container = container
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLog)
+    if settings.metrics_enabled:
+        app.add_middleware(RequestMetrics, metrics=container.metrics(), routes=app.router.routes)
     install_error_handlers(app)
     for router in (embed.router, hosted.router, operations.router):
         app.include_router(router)
     if settings.hosted:
         app.include_router(accounts.router)
+    if settings.metrics_enabled:
+        app.include_router(metrics.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

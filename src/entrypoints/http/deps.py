@@ -105,6 +105,7 @@ async def _admit(request: Request, caller: Caller, texts: int) -> Any:
     try:
         metered = await meter.admit(caller, texts, getattr(request.state, "counter", REQUESTS))
     except RateLimited as exc:
+        container_of(request).metrics().rate_limited(exc.window)
         if exc.admission is not None:
             request.state.headers = rate_limit_headers(exc.admission)
         raise

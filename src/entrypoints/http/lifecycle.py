@@ -1,13 +1,15 @@
-"""What the server starts and stops around serving: the model (loaded in the background), the cache's preparation,
-and in hosted mode the database's schema and the usage writer. Stopping writes buffered usage before the database
-closes (SIGTERM loses nothing)."""
+"""What the server starts and stops around serving: the model (loaded in the background, its load time a metric),
+the cache's preparation, and in hosted mode the database's schema and the usage writer. Stopping writes buffered
+usage before the database closes (SIGTERM loses nothing)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
+from domain.services import ModelState
 from entrypoints.container import Container
 
 log = logging.getLogger(__name__)
@@ -22,7 +24,7 @@ class Started:
 
 
 async def start_services(container: Container, hosted: bool) -> Started:
-    container.host().start()
+    _time_model_load(container)
     container.cache().start()  # prepared in the background; a cache that is down only logs
     started = Started(hosted)
     if hosted:
@@ -30,6 +32,20 @@ async def start_services(container: Container, hosted: bool) -> Started:
         started.tasks.append(asyncio.create_task(_prepare_database(container)))
         await asyncio.to_thread(container.hasher)  # its dummy bcrypt hash takes ~0.2 s: not on the event loop
     return started
+
+
+def _time_model_load(container: Container) -> None:
+    """Start loading the model; with metrics on, its load time is recorded once it is ready."""
+    host, metrics = container.host(), container.metrics()
+    began = time.monotonic()
+    loading = host.start()
+    if metrics.enabled:
+
+        def loaded(_: object) -> None:
+            if host.state is ModelState.READY:
+                metrics.model_loaded(host.spec.name, time.monotonic() - began)
+
+        loading.add_done_callback(loaded)
 
 
 async def _prepare_database(container: Container) -> None:
@@ -58,3 +74,4 @@ async def stop_services(container: Container, started: Started) -> None:
         container.hasher().close()
         await asyncio.to_thread(container.usage().close)
         await asyncio.to_thread(container.database().close)
+    container.metrics().close()  # in multiprocess mode: this process's live gauges leave the sums

@@ -1,5 +1,5 @@
 """ASGI middleware: request-body size cap on the bytes actually received, cancelling the request's work when its
-client disconnects, and access logging."""
+client disconnects, access logging, and request metrics."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Sequence
+from typing import Protocol
 
+from starlette.routing import BaseRoute, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from domain.errors import PayloadTooLarge
@@ -136,3 +139,64 @@ class AccessLog:
             status = status or 499  # nothing was sent: the client went away first
             elapsed_ms = (time.monotonic() - started) * 1000
             log.info("%s %s %d %.1f ms", scope["method"], logged_path(scope), status, elapsed_ms)
+
+
+class RequestObserver(Protocol):
+    def request(self, route: str, method: str, status: int, seconds: float) -> None: ...
+
+
+UNMATCHED = "unmatched"
+UNCOUNTED_ROUTES = frozenset({"/metrics"})
+
+
+class RequestMetrics:
+    """Counts and times every request by the path template of its route (`/v1/keys/{prefix}`, never the path
+    itself: bounded label values), "unmatched" when no route takes it, its method and status. A request answered
+    before routing (413 for its body) is matched here; GET /metrics itself is not counted."""
+
+    def __init__(self, app: ASGIApp, metrics: RequestObserver, routes: Sequence[BaseRoute]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes  # the app's list: routers included later are in it
+        self._patterns: list[tuple[re.Pattern[str], str]] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        except Exception:
+            status = status or 500
+            raise
+        finally:
+            route = self._template(scope)
+            if route not in UNCOUNTED_ROUTES:
+                self.metrics.request(route, scope["method"], status or 499, time.perf_counter() - started)
+
+    def _template(self, scope: Scope) -> str:
+        path = getattr(scope.get("route"), "path", None)
+        if isinstance(path, str):
+            return path
+        # answered before routing (413 for its body), or no route takes it (404)
+        if self._patterns is None:
+            self._patterns = [(compile_path(template)[0], template) for template in route_templates(self.routes)]
+        return next((template for pattern, template in self._patterns if pattern.match(scope["path"])), UNMATCHED)
+
+
+def route_templates(routes: Sequence[BaseRoute]) -> list[str]:
+    """The path templates of the app's routes, those of included routers too."""
+    try:
+        from fastapi.routing import iter_route_contexts  # FastAPI >= 0.16x wraps each included router
+    except ImportError:
+        return [path for route in routes if isinstance(path := getattr(route, "path", None), str)]
+    return [context.path for context in iter_route_contexts(routes) if context.path]
