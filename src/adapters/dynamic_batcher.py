@@ -17,7 +17,7 @@ import numpy as np
 
 from adapters.metrics import NoMetrics
 from domain.errors import BackendFailure, Overloaded, Timeout
-from domain.model import Vectors
+from domain.model import EmbedInput, TokenIds, Vectors
 from domain.ports import Embedder
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ class _Job:
     """One caller's texts. `abandoned` is set from the event loop when the caller stops waiting."""
 
     embedder: Embedder
-    texts: list[str]
+    texts: list[EmbedInput]
     deadline: float
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Vectors]
@@ -50,7 +50,7 @@ class _Item:
     tokens: int
 
     @property
-    def text(self) -> str:
+    def text(self) -> EmbedInput:
         return self.job.texts[self.index]
 
 
@@ -149,7 +149,7 @@ class DynamicBatchingScheduler:
     def queued_tokens(self) -> int:
         return sum(job.remaining_tokens for job in self._active)
 
-    async def run(self, embedder: Embedder, texts: Sequence[str], arrived: float | None = None) -> Vectors:
+    async def run(self, embedder: Embedder, texts: Sequence[EmbedInput], arrived: float | None = None) -> Vectors:
         if not texts:
             raise ValueError("nothing to embed")
         arrived = time.monotonic() if arrived is None else arrived
@@ -365,13 +365,17 @@ def _whole_seconds(seconds: float) -> int:
     return int(min(60, max(1, math.ceil(seconds))))
 
 
-def _fewest_tokens(texts: Sequence[str], max_seq_length: int) -> int:
+def _fewest_tokens(texts: Sequence[EmbedInput], max_seq_length: int) -> int:
     """A lower bound of the tokens `texts` take, from words alone: the tokenizers served split on whitespace, and
-    every word becomes at least one token besides the two special ones (truncated at the model's limit)."""
-    return sum(min(max_seq_length, len(text.split(maxsplit=max_seq_length)) + 2) for text in texts)
+    every word becomes at least one token besides the two special ones (truncated at the model's limit); token ids
+    take at least as many tokens as they hold."""
+    return sum(
+        min(max_seq_length, len(text) if isinstance(text, TokenIds) else len(text.split(maxsplit=max_seq_length)) + 2)
+        for text in texts
+    )
 
 
-async def _token_counts(embedder: Embedder, texts: Sequence[str]) -> list[int]:
+async def _token_counts(embedder: Embedder, texts: Sequence[EmbedInput]) -> list[int]:
     """Tokens each text takes in a model call, at least 1; estimated from characters if the tokenizer fails."""
     try:
         if sum(len(text) for text in texts) <= INLINE_COUNT_CHARS:

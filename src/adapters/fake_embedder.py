@@ -9,7 +9,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from domain.model import ModelInfo, ModelSpec, Vectors
+from domain.model import EmbedInput, ModelInfo, ModelSpec, TokenIds, Vectors
+
+FAKE_VOCABULARY_SIZE = 30522
 
 
 class FakeEmbedder:
@@ -22,20 +24,30 @@ class FakeEmbedder:
     def info(self) -> ModelInfo:
         return self._info
 
-    def embed(self, texts: Sequence[str]) -> Vectors:
+    @property
+    def vocabulary_size(self) -> int:
+        return FAKE_VOCABULARY_SIZE
+
+    def embed(self, texts: Sequence[EmbedInput]) -> Vectors:
         self.calls.append(len(texts))
         if self._delay:
             time.sleep(self._delay * len(texts))
         return np.stack([self._vector(t) for t in texts]).astype(np.float32)
 
-    def token_counts(self, texts: Sequence[str]) -> list[int]:
-        """Words plus two special tokens, truncated at the model's max sequence length."""
-        return [min(len(text.split()) + 2, self._info.spec.max_seq_length) for text in texts]
+    def token_counts(self, texts: Sequence[EmbedInput]) -> list[int]:
+        """Words (or token ids) plus two special tokens, truncated at the model's max sequence length."""
+        return [min(_words(text) + 2, self._info.spec.max_seq_length) for text in texts]
 
-    def _vector(self, text: str) -> Vectors:
-        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    def _vector(self, text: EmbedInput) -> Vectors:
+        """Token ids give the vector of their words: ids [7, 8] embed like the text "7 8"."""
+        words = " ".join(map(str, text.ids)) if isinstance(text, TokenIds) else text
+        seed = int.from_bytes(hashlib.sha256(words.encode()).digest()[:8], "little")
         v = np.random.default_rng(seed).standard_normal(self._info.spec.dimension)
         return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def _words(text: EmbedInput) -> int:
+    return len(text) if isinstance(text, TokenIds) else len(text.split())
 
 
 class FakeEmbedderLoader:

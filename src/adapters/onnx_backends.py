@@ -19,7 +19,7 @@ import numpy as np
 
 from adapters.backend_artifacts import INT8_GRAPH_FILE, atomic_target
 from adapters.token_counting import TokenCounter
-from domain.model import ModelInfo, Vectors
+from domain.model import EmbedInput, ModelInfo, Vectors
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ class _Tokenizer:
         pad = pad["content"] if isinstance(pad, dict) else pad
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self._tokenizer.enable_truncation(max_length=max_length)
-        self._tokenizer.enable_padding(pad_id=self._tokenizer.token_to_id(pad), pad_token=pad)
+        self.pad_id: int = self._tokenizer.token_to_id(pad) or 0
+        self._tokenizer.enable_padding(pad_id=self.pad_id, pad_token=pad)
 
     def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         encoded = self._tokenizer.encode_batch(list(texts))
@@ -57,6 +58,17 @@ class _Tokenizer:
             "input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
         }
+
+
+def padded(rows: Sequence[Sequence[int]], pad_id: int) -> dict[str, np.ndarray]:
+    """Token id rows as one model call's inputs: padded on the right to the longest, with their attention mask."""
+    width = max(len(row) for row in rows)
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = row
+        attention_mask[i, : len(row)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 class ExportedGraphEmbedder:
@@ -72,10 +84,18 @@ class ExportedGraphEmbedder:
     def info(self) -> ModelInfo:
         return self._info
 
-    def embed(self, texts: Sequence[str]) -> Vectors:
-        return np.ascontiguousarray(self._run(self._tokenizer.encode(texts)), dtype=np.float32)
+    @property
+    def vocabulary_size(self) -> int:
+        return self._counter.vocabulary_size
 
-    def token_counts(self, texts: Sequence[str]) -> list[int]:
+    def embed(self, texts: Sequence[EmbedInput]) -> Vectors:
+        if all(isinstance(text, str) for text in texts):
+            inputs = self._tokenizer.encode(texts)  # type: ignore[arg-type]
+        else:
+            inputs = padded(self._counter.ids(texts), self._tokenizer.pad_id)
+        return np.ascontiguousarray(self._run(inputs), dtype=np.float32)
+
+    def token_counts(self, texts: Sequence[EmbedInput]) -> list[int]:
         return self._counter.counts(texts)
 
 

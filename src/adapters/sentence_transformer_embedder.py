@@ -26,7 +26,7 @@ from adapters.backend_artifacts import (
     export_manifest,
 )
 from adapters.token_counting import TokenCounter
-from domain.model import ModelInfo, ModelSpec, Vectors
+from domain.model import EmbedInput, ModelInfo, ModelSpec, Vectors
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,13 @@ class SentenceTransformerEmbedder:
     def info(self) -> ModelInfo:
         return self._info
 
-    def embed(self, texts: Sequence[str]) -> Vectors:
+    @property
+    def vocabulary_size(self) -> int:
+        return self._counter.vocabulary_size
+
+    def embed(self, texts: Sequence[EmbedInput]) -> Vectors:
+        if not all(isinstance(text, str) for text in texts):
+            return self._embed_ids(self._counter.ids(texts))
         with torch.inference_mode():
             vectors = self._model.encode(
                 list(texts),
@@ -60,7 +66,23 @@ class SentenceTransformerEmbedder:
             )
         return np.asarray(vectors, dtype=np.float32)
 
-    def token_counts(self, texts: Sequence[str]) -> list[int]:
+    def _embed_ids(self, rows: Sequence[Sequence[int]]) -> Vectors:
+        """The model's pipeline (transformer, pooling, normalization) on token ids, as encode() runs it on texts."""
+        pad_id = self._model.tokenizer.pad_token_id or 0
+        width = max(len(row) for row in rows)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            attention_mask[i, : len(row)] = 1
+        device = self._model.device
+        with torch.inference_mode():
+            features = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+            vectors = self._model(features)["sentence_embedding"].float()
+            vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+        return np.asarray(vectors.cpu().numpy(), dtype=np.float32)
+
+    def token_counts(self, texts: Sequence[EmbedInput]) -> list[int]:
         return self._counter.counts(texts)  # not self._model.tokenizer: encode() reconfigures it on every call
 
 

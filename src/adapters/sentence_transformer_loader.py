@@ -14,7 +14,7 @@ from typing import Literal
 
 from adapters.backend_artifacts import cached_reference, current_export, store_reference
 from adapters.tokenizer_rules import text_key_rule
-from domain.model import BACKEND_CHECK_TEXTS, ModelInfo, ModelSpec, Vectors
+from domain.model import BACKEND_CHECK_TEXTS, EmbedInput, ModelInfo, ModelSpec, Vectors
 from domain.ports import Embedder, ModelProvisioner
 from domain.services import check_agreement, embed_by_length
 
@@ -136,8 +136,12 @@ class _WithInfo:
     def info(self) -> ModelInfo:
         return self._info
 
-    def embed(self, texts: Sequence[str]) -> Vectors:
+    @property
+    def vocabulary_size(self) -> int:
+        return self._inner.vocabulary_size
+
+    def embed(self, texts: Sequence[EmbedInput]) -> Vectors:
         return self._inner.embed(texts)
 
-    def token_counts(self, texts: Sequence[str]) -> list[int]:
+    def token_counts(self, texts: Sequence[EmbedInput]) -> list[int]:
         return self._inner.token_counts(texts)

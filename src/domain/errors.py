@@ -22,10 +22,12 @@ class InvalidInput(DomainError):
 
 
 class InputTooLong(DomainError):
-    def __init__(self, item_id: str | None, length: int, limit: int) -> None:
-        where = f"input with id {item_id!r}" if item_id is not None else "input"
+    def __init__(
+        self, item_id: str | None, length: int, limit: int, unit: str = "characters", index: int | None = None
+    ) -> None:
+        where = f"input with id {item_id!r}" if item_id is not None else "input" if index is None else f"input {index}"
         super().__init__(
-            f"{where} is {length} characters long; the limit is {limit} characters. "
+            f"{where} is {length} {unit} long; the limit is {limit} {unit}. "
             "Shorten or split the text before sending it."
         )
         self.item_id, self.length, self.limit = item_id, length, limit
@@ -68,6 +70,25 @@ class UnknownModel(DomainError):
     @property
     def details(self) -> dict[str, object]:
         return {"served_model": self.served}
+
+
+class UnsupportedDimensions(DomainError):
+    """`dimensions` asked of a model not trained to be truncated to that size (Matryoshka), or larger than it."""
+
+    def __init__(self, requested: int, model: str, dimension: int, allowed: tuple[int, ...]) -> None:
+        if allowed:
+            choice = f"it was trained for {', '.join(map(str, allowed))} (and its full {dimension})"
+        else:
+            choice = (
+                f"it was not trained for truncated vectors, so only its full {dimension} is served (cutting its "
+                "vectors short would return worse ones)"
+            )
+        super().__init__(f"dimensions={requested} is not available for model {model!r}: {choice}.")
+        self.requested, self.dimension, self.allowed = requested, dimension, allowed
+
+    @property
+    def details(self) -> dict[str, object]:
+        return {"dimensions": self.requested, "supported": sorted({*self.allowed, self.dimension})}
 
 
 class UnsupportedEncodingFormat(DomainError):

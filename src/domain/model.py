@@ -25,6 +25,8 @@ class ModelSpec:
     weights_bytes: int
     dimension: int
     max_seq_length: int
+    # sizes the model was trained to be truncated to (Matryoshka representation learning); () for none
+    matryoshka_dimensions: tuple[int, ...] = ()
 
     @property
     def aliases(self) -> tuple[str, ...]:
@@ -91,9 +93,23 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class TokenIds:
+    """An input given as token ids of the served model's own tokenizer (OpenAI's token-array input), with or
+    without the model's special tokens; truncated at the model's limit like a text."""
+
+    ids: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+EmbedInput = str | TokenIds  # what a model embeds: a text, or the token ids of one
+
+
+@dataclass(frozen=True)
 class TextItem:
     id: str | None
-    text: str
+    text: EmbedInput
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from domain.model import (
     CacheScope,
     CacheStats,
     Charge,
+    EmbedInput,
     ModelInfo,
     ModelSpec,
     Tier,
@@ -24,15 +25,21 @@ from domain.model import (
 
 
 class Embedder(Protocol):
-    """A loaded model turning texts into L2-normalized float32 vectors, one row per text, in input order."""
+    """A loaded model turning inputs (texts, or token ids of its own tokenizer) into L2-normalized float32 vectors,
+    one row per input, in input order."""
 
     @property
     def info(self) -> ModelInfo: ...
 
-    def embed(self, texts: Sequence[str]) -> Vectors: ...
+    @property
+    def vocabulary_size(self) -> int:
+        """Token ids run from 0 to this, exclusive."""
+        ...
 
-    def token_counts(self, texts: Sequence[str]) -> list[int]:
-        """How many tokens each text takes in a model call (special tokens included, after truncation)."""
+    def embed(self, texts: Sequence[EmbedInput]) -> Vectors: ...
+
+    def token_counts(self, texts: Sequence[EmbedInput]) -> list[int]:
+        """How many tokens each input takes in a model call (special tokens included, after truncation)."""
         ...
 
 
@@ -44,7 +51,7 @@ class InferenceScheduler(Protocol):
     time.monotonic() reading taken when the request arrived) when given, else from the call.
     """
 
-    async def run(self, embedder: Embedder, texts: Sequence[str], arrived: float | None = None) -> Vectors: ...
+    async def run(self, embedder: Embedder, texts: Sequence[EmbedInput], arrived: float | None = None) -> Vectors: ...
 
     def shutdown(self) -> None: ...
 

@@ -13,7 +13,7 @@ from enum import StrEnum
 import numpy as np
 
 from domain.errors import BackendDisagrees, ModelNotReady
-from domain.model import ModelSpec, TextKeyRule, Vectors
+from domain.model import EmbedInput, ModelSpec, TextKeyRule, TokenIds, Vectors
 from domain.ports import Embedder, EmbedderLoader
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,14 @@ def check_agreement(backend: str, candidate: Vectors, reference: Vectors, requir
     if not np.isfinite(lowest) or lowest < required:
         raise BackendDisagrees(backend, lowest, required)
     return lowest
+
+
+def input_key(rule: TextKeyRule, value: EmbedInput) -> bytes:
+    """The cache key of an input: a text's `text_key`; token ids hashed behind a 0xFF byte, which no UTF-8 text
+    holds, so they never share a key with a text."""
+    if isinstance(value, TokenIds):
+        return hashlib.sha256(b"\xfftoken-ids:" + ",".join(map(str, value.ids)).encode("ascii")).digest()
+    return text_key(rule, value)
 
 
 def text_key(rule: TextKeyRule, text: str) -> bytes:

@@ -13,7 +13,7 @@ from sentence_transformers import SentenceTransformer
 from adapters.model_provisioning import VerifiedModelProvisioner
 from adapters.sentence_transformer_loader import SentenceTransformerLoader
 from domain.errors import BackendDisagrees
-from domain.model import BACKEND_CHECK_TEXTS, KNOWN_MODELS
+from domain.model import BACKEND_CHECK_TEXTS, KNOWN_MODELS, TokenIds
 from entrypoints.http.app import create_app
 from tests.support import AUTH, MODEL_ROOT, model_dir, real_model_settings, wait_ready
 
@@ -149,3 +149,27 @@ def test_counting_tokens_while_the_model_runs_disturbs_neither(backend: str) -> 
     stop.set()
     counter.join(10)
     assert calls > 5 and failures == []
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx", "openvino"])
+def test_token_ids_embed_like_the_text_they_encode_with_or_without_special_tokens(backend: str) -> None:
+    """OpenAI's token-array input: ids of the model's own tokenizer, as HF tokenizers return them (with [CLS] and
+    [SEP]), without them, padded, or too long (truncated like the text), alone or in one call with texts."""
+    from tokenizers import Tokenizer
+
+    embedder = loader(backend).load()
+    tokenizer = Tokenizer.from_file(str(model_dir(MINILM.name) / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    texts = [TEXTS[0], TEXTS[2], TEXTS[4]]  # the last one longer than the model's 256 tokens
+    framed = [TokenIds(tuple(tokenizer.encode(t).ids)) for t in texts]
+    bare = [TokenIds(tuple(tokenizer.encode(t, add_special_tokens=False).ids)) for t in texts]
+    padded = TokenIds((*framed[0].ids, 0, 0, 0))
+    assert len(framed[2]) > MINILM.max_seq_length
+    reference = embedder.embed(texts)
+    for inputs in (framed, bare, [padded, texts[1], bare[2]]):
+        vectors = embedder.embed(inputs)
+        assert cosines(vectors, reference).min() >= 0.99999, inputs
+    assert embedder.token_counts([*framed, *bare]) == embedder.token_counts(texts) * 2
+    assert embedder.token_counts(texts)[2] == MINILM.max_seq_length
+    assert embedder.vocabulary_size == 30522

@@ -11,9 +11,9 @@ from domain.use_cases.accounts import (
     SignUp,
 )
 from domain.use_cases.cache import CacheReport, GetCacheStats, SeedCache, SeedReport
-from domain.use_cases.embedding import EmbedBatch, EmbeddingResult, EmbedOne, unpaired_surrogate
+from domain.use_cases.embedding import EmbedBatch, EmbeddingResult, EmbedInputs, EmbedOne, unpaired_surrogate
 from domain.use_cases.keys import ANONYMOUS, AuthenticateCaller, CreateKey, ListKeys, RevokeKey
-from domain.use_cases.operations import GetHealth, GetMetadata, HealthReport
+from domain.use_cases.operations import GetHealth, GetMetadata, HealthReport, ListModels
 from domain.use_cases.usage import GetUsage, Metered, MeterRequests, TierLimits, UsageReport
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "CacheReport",
     "CreateKey",
     "EmbedBatch",
+    "EmbedInputs",
     "EmbedOne",
     "EmbeddingResult",
     "GetCacheStats",
@@ -32,6 +33,7 @@ __all__ = [
     "HealthReport",
     "ListAccounts",
     "ListKeys",
+    "ListModels",
     "LogIn",
     "LoginThrottle",
     "MeterRequests",

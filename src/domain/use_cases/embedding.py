@@ -6,26 +6,36 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 
 import numpy as np
 
-from domain.errors import BatchTooLarge, InputTooLong, InvalidInput, UnknownModel, UnsupportedEncodingFormat
+from domain.errors import (
+    BatchTooLarge,
+    InputTooLong,
+    InvalidInput,
+    ModelNotReady,
+    UnknownModel,
+    UnsupportedDimensions,
+    UnsupportedEncodingFormat,
+)
 from domain.model import (
     SHARED_POOL,
     CacheScope,
     Caller,
     EmbeddedItem,
+    EmbedInput,
     Limits,
     ModelInfo,
     ModelSpec,
     TextItem,
+    TokenIds,
     UsageRecord,
     Vector,
 )
 from domain.ports import Embedder, InferenceScheduler, RequestCache, UsageRecorder
-from domain.services import ModelHost, text_key
+from domain.services import ModelHost, input_key
 from domain.use_cases.keys import ANONYMOUS
 
 log = logging.getLogger(__name__)
@@ -40,6 +50,7 @@ class EmbeddingResult:
     dimensions: int
     cache_used: bool = False  # False: no cache configured, so `cached` says nothing
     compute_ms: float = 0.0  # time in the model's queue and calls (0 when every text came from the cache)
+    tokens: int | None = None  # tokens of the inputs in a model call (after truncation); None: not counted
 
     @property
     def cache_hits(self) -> list[int]:
@@ -67,6 +78,11 @@ class _EmbedTexts:
     def check(self, items: Sequence[TextItem], model: str | None = None, encoding_format: str = "float") -> None:
         """Raise what `execute` would raise for these inputs before any work (a caller's quota is checked after)."""
         self._validate(items, model, encoding_format)
+        try:
+            embedder = self._host.embedder()
+        except ModelNotReady:
+            return  # (token ids are checked against its vocabulary once it is loaded)
+        _check_token_ids(items, embedder.vocabulary_size)
 
     def _validate(self, items: Sequence[TextItem], model: str | None, encoding_format: str) -> ModelSpec:
         spec = self._host.spec
@@ -79,8 +95,12 @@ class _EmbedTexts:
         if len(items) > self._limits.max_batch_size:
             raise BatchTooLarge(len(items), self._limits.max_batch_size)
         for index, item in enumerate(items):
+            unit = "token ids" if isinstance(item.text, TokenIds) else "characters"
             if len(item.text) > self._limits.max_input_length:
-                raise InputTooLong(item.id, len(item.text), self._limits.max_input_length)
+                number = index if len(items) > 1 else None
+                raise InputTooLong(item.id, len(item.text), self._limits.max_input_length, unit, number)
+            if isinstance(item.text, TokenIds):
+                continue
             position = unpaired_surrogate(item.text)
             if position is not None:
                 where = f"input with id {item.id!r}" if item.id is not None else f"input {index}"
@@ -91,13 +111,20 @@ class _EmbedTexts:
         return spec
 
     async def _embed(
-        self, items: Sequence[TextItem], model: str | None, encoding_format: str, caller: Caller, public: bool
+        self,
+        items: Sequence[TextItem],
+        model: str | None,
+        encoding_format: str,
+        caller: Caller,
+        public: bool,
+        count_tokens: bool = False,
     ) -> EmbeddingResult:
         arrived = time.monotonic()  # the deadline counts from here, cache lookup included
         metered = caller.metered and self._usage is not None
         day = datetime.now(UTC).date() if metered else None  # usage: the UTC day it arrived on, as its quota
         spec = self._validate(items, model, encoding_format)
         embedder = self._host.embedder()
+        _check_token_ids(items, embedder.vocabulary_size)
         texts = [item.text for item in items]
         if not self._cache.enabled:
             started = time.monotonic()
@@ -120,19 +147,16 @@ class _EmbedTexts:
                 cache_used=True,
                 compute_ms=compute_s * 1000,
             )
+        if count_tokens or day is not None:
+            result = replace(result, tokens=await _count_tokens(embedder, texts))
         if day is not None:
-            await self._record(caller, embedder, texts, result, day)
+            self._record(caller, texts, result, day)
         return result
 
-    async def _record(
-        self, caller: Caller, embedder: Embedder, texts: Sequence[str], result: EmbeddingResult, day: date
-    ) -> None:
+    def _record(self, caller: Caller, texts: Sequence[EmbedInput], result: EmbeddingResult, day: date) -> None:
         """One request's usage into the (buffered) ledger: texts, tokens, hits and misses per text, compute time."""
         assert self._usage is not None and caller.account_id is not None
-        if sum(map(len, texts)) <= INLINE_TOKEN_COUNT_CHARS:
-            tokens = sum(embedder.token_counts(texts))
-        else:
-            tokens = sum(await asyncio.to_thread(embedder.token_counts, texts))
+        tokens = result.tokens or 0
         hits = len(result.cache_hits)
         self._usage.record(
             UsageRecord(
@@ -149,14 +173,14 @@ class _EmbedTexts:
         )
 
     async def _through_cache(
-        self, embedder: Embedder, caller: Caller, texts: Sequence[str], arrived: float, public: bool
+        self, embedder: Embedder, caller: Caller, texts: Sequence[EmbedInput], arrived: float, public: bool
     ) -> tuple[list[bytes], dict[bytes, Vector], set[bytes], float]:
         """Look every distinct text key up once (the caller's own entries first, then the shared pool's), embed only
         the misses (one scheduler call), store them: in the caller's entries, or the shared pool when `public`."""
         info = embedder.info
         scope = CacheScope(caller.tenant, info.cache_model, info.cache_variant)
-        keys = [text_key(info.text_key, text) for text in texts]
-        first_text: dict[bytes, str] = {}
+        keys = [input_key(info.text_key, text) for text in texts]
+        first_text: dict[bytes, EmbedInput] = {}
         for key, text in zip(keys, texts, strict=True):
             first_text.setdefault(key, text)
         found = _well_formed(await self._cache.lookup_in_time(scope, list(first_text)), info)
@@ -171,6 +195,23 @@ class _EmbedTexts:
             target = CacheScope(SHARED_POOL, scope.model, scope.variant) if public else scope
             await self._cache.save_in_time(target, fresh)
         return keys, {**found, **fresh}, set(found), compute_s
+
+
+async def _count_tokens(embedder: Embedder, texts: Sequence[EmbedInput]) -> int:
+    if sum(map(len, texts)) <= INLINE_TOKEN_COUNT_CHARS:
+        return sum(embedder.token_counts(texts))
+    return sum(await asyncio.to_thread(embedder.token_counts, texts))
+
+
+def _check_token_ids(items: Sequence[TextItem], vocabulary_size: int) -> None:
+    for index, item in enumerate(items):
+        if isinstance(item.text, TokenIds):
+            wrong = next((i for i in item.text.ids if not 0 <= i < vocabulary_size), None)
+            if wrong is not None:
+                raise InvalidInput(
+                    f"input {index} holds token id {wrong}, outside the served model's vocabulary (0 to "
+                    f"{vocabulary_size - 1}); send ids of this model's own tokenizer, not another's (tiktoken's)."
+                )
 
 
 def unpaired_surrogate(text: str) -> int | None:
@@ -234,3 +275,52 @@ class EmbedBatch(_EmbedTexts):
         ids = [item.id for item in items if item.id is not None]
         if len(ids) != len(set(ids)):
             raise InvalidInput("ids must be unique within a batch.")
+
+
+class EmbedInputs(_EmbedTexts):
+    """Embed texts or token-id arrays as OpenAI's embeddings request asks: up to its own input limit, no empty
+    input, the token count of every request reported, and vectors truncated to `dimensions` (re-normalized) only
+    for a model trained for that size."""
+
+    async def execute(
+        self,
+        items: Sequence[TextItem],
+        model: str | None = None,
+        caller: Caller = ANONYMOUS,
+        dimensions: int | None = None,
+        public: bool = False,
+    ) -> EmbeddingResult:
+        self._check_inputs(items, dimensions)
+        result = await self._embed(items, model, "float", caller, public, count_tokens=True)
+        if dimensions is None or dimensions == result.dimensions:
+            return result
+        return replace(
+            result,
+            items=[replace(item, embedding=_truncated(item.embedding, dimensions)) for item in result.items],
+            dimensions=dimensions,
+        )
+
+    def check(
+        self,
+        items: Sequence[TextItem],
+        model: str | None = None,
+        encoding_format: str = "float",
+        dimensions: int | None = None,
+    ) -> None:
+        self._check_inputs(items, dimensions)
+        super().check(items, model, encoding_format)
+
+    def _check_inputs(self, items: Sequence[TextItem], dimensions: int | None) -> None:
+        empty = next((i for i, item in enumerate(items) if len(item.text) == 0), None)
+        if empty is not None:
+            raise InvalidInput(f"input {empty} is empty; every input must hold at least one character or token id.")
+        spec = self._host.spec
+        if dimensions is not None and dimensions != spec.dimension and dimensions not in spec.matryoshka_dimensions:
+            raise UnsupportedDimensions(dimensions, spec.name, spec.dimension, spec.matryoshka_dimensions)
+
+
+def _truncated(vector: Vector, dimensions: int) -> Vector:
+    """The first `dimensions` components of a Matryoshka-trained model's vector, L2-normalized again."""
+    head = np.asarray(vector[:dimensions], dtype=np.float32)
+    norm = float(np.linalg.norm(head))
+    return head / norm if norm > 0 else head

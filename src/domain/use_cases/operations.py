@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from domain.model import Limits, ModelInfo
+from domain.errors import UnknownModel
+from domain.model import Limits, ModelInfo, ModelSpec
 from domain.ports import RequestCache
 from domain.services import ModelHost, ModelState
 
@@ -40,3 +41,19 @@ class GetMetadata:
 
     def execute(self) -> tuple[ModelInfo, Limits]:
         return self._host.embedder().info, self._limits
+
+
+class ListModels:
+    """The models this service serves (loaded or still loading), or the one a name (short name or hub id) picks."""
+
+    def __init__(self, host: ModelHost) -> None:
+        self._host = host
+
+    def execute(self) -> list[ModelSpec]:
+        return [self._host.spec]
+
+    def find(self, name: str) -> ModelSpec:
+        spec = self._host.spec
+        if not spec.answers_to(name):
+            raise UnknownModel(name, spec.name, spec.aliases)
+        return spec

@@ -51,6 +51,7 @@ ERROR_TABLE: dict[type[errors.DomainError], ErrorRow] = {
     errors.InputTooLong: ErrorRow(400, "input_too_long"),
     errors.UnknownModel: ErrorRow(400, "unknown_model"),
     errors.UnsupportedEncodingFormat: ErrorRow(400, "unsupported_encoding_format"),
+    errors.UnsupportedDimensions: ErrorRow(400, "unsupported_dimensions"),
     errors.Unauthenticated: ErrorRow(401, "unauthenticated", _bearer),
     errors.InvalidCredentials: ErrorRow(401, "invalid_credentials", _bearer),
     errors.SessionRequired: ErrorRow(401, "unauthenticated", _bearer),
