@@ -29,6 +29,7 @@ from domain.use_cases import (
     AuthenticateCaller,
     CreateKey,
     EmbedBatch,
+    EmbedInputs,
     EmbedOne,
     GetCacheStats,
     GetHealth,
@@ -36,6 +37,7 @@ from domain.use_cases import (
     GetUsage,
     ListAccounts,
     ListKeys,
+    ListModels,
     LogIn,
     LoginThrottle,
     MeterRequests,
@@ -173,6 +175,11 @@ class Container(containers.DeclarativeContainer):
         metrics=metrics,
     )
     limits = providers.Singleton(Limits, max_input_length=config.max_input_length, max_batch_size=config.max_batch_size)
+    openai_limits = providers.Singleton(
+        Limits,
+        max_input_length=config.max_input_length,
+        max_batch_size=providers.Callable(min, config.openai_max_inputs, config.max_queued_texts),
+    )
 
     database = providers.Singleton(
         sql_database, config.database.kind, config.database.url, timeout_s=config.cache_timeout_seconds
@@ -226,6 +233,8 @@ class Container(containers.DeclarativeContainer):
 
     embed_one = providers.Factory(EmbedOne, host, scheduler, limits, cache, usage)
     embed_batch = providers.Factory(EmbedBatch, host, scheduler, limits, cache, usage)
+    embed_inputs = providers.Factory(EmbedInputs, host, scheduler, openai_limits, cache, usage)
+    list_models = providers.Factory(ListModels, host)
     get_health = providers.Factory(GetHealth, host, cache)
     get_metadata = providers.Factory(GetMetadata, host, limits)
     get_cache_stats = providers.Factory(GetCacheStats, cache)

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
 
     max_input_length: int = Field(8192, gt=0, description="characters per input")
     max_batch_size: int = Field(100, gt=0)
+    openai_max_inputs: int = Field(
+        2048, gt=0, description="inputs per POST /v1/embeddings request (at most MAX_QUEUED_TEXTS are ever taken)"
+    )
     max_body_bytes: int = Field(1_048_576, gt=0)
     max_header_bytes: int = Field(32768, ge=1024, description="request line and headers, in bytes (else 431)")
     client_header_timeout_seconds: float = Field(
@@ -48,7 +51,7 @@ class Settings(BaseSettings):
     )
     timeout_seconds: float = Field(10.0, gt=0)
     max_workers: int = Field(1, gt=0, description="inference threads taking batches from the shared queue")
-    max_queued_texts: int = Field(1024, gt=0, description="texts allowed to wait or run before 503 overloaded")
+    max_queued_texts: int = Field(2048, gt=0, description="texts allowed to wait or run before 503 overloaded")
     micro_batch_size: int = Field(32, gt=0, description="most texts in one model call, across requests")
     max_batch_tokens: int = Field(8192, gt=0, description="most padded tokens in one model call")
     batch_wait_ms: float = Field(50.0, ge=0, description="how long a worker waits for stragglers to fill a batch")

@@ -491,7 +491,10 @@ def test_openapi_paths_snapshot(client: TestClient) -> None:
         "/metadata": ["get"],
         "/v1/embed": ["post"],
         "/v1/embed/batch": ["post"],
+        "/v1/embeddings": ["post"],
         "/v1/health": ["get"],
+        "/v1/models": ["get"],
+        "/v1/models/{model}": ["get"],
         "/v1/stats": ["get"],
         "/v1/usage": ["get"],
     }

@@ -42,6 +42,17 @@ def test_every_answer_matches_its_documented_schema(tmp_path: Path) -> None:
         call("post", "/v1/embed/batch", json={"texts": ["a", "b", "c", "d"]}, headers=key)
         call("post", "/v1/embed/batch", json={"texts": ["a", "b"]}, headers=key)  # 429
         call("post", "/v1/embed", json={"text": "x"})  # 401
+        call("post", "/v1/embeddings", json={"input": "one"}, headers=static)
+        call("post", "/v1/embeddings", json={"input": [[5, 6]], "encoding_format": "base64"}, headers=static)
+        call("post", "/v1/embeddings", json={"input": ""}, headers=static)  # 400
+        call("post", "/v1/embeddings", json={"input": [["a"]]}, headers=static)  # 400 (malformed)
+        call("post", "/v1/embeddings", json={"input": "x", "model": "nope"}, headers=static)  # 404
+        call("post", "/v1/embeddings", json={"input": "x"})  # 401
+        call("post", "/v1/embeddings", json={"input": ["x", "y"]}, headers=key)  # 429: 5 of 6 texts spent
+        call("get", "/v1/models", headers=static)
+        call("get", "/v1/models/{model}", "/v1/models/sentence-transformers/all-mpnet-base-v2", headers=static)
+        call("get", "/v1/models/{model}", "/v1/models/nope", headers=static)  # 404
+        call("get", "/v1/models")  # 401
         call("get", "/v1/stats", headers=key)
         call("get", "/v1/usage", "/v1/usage?days=3", headers=key)
         call("get", "/v1/usage", "/v1/usage?days=0", headers=key)
@@ -60,6 +71,8 @@ def test_every_answer_matches_its_documented_schema(tmp_path: Path) -> None:
         prefix = client.get("/v1/keys", headers=token).json()["keys"][1]["prefix"]
         call("delete", "/v1/keys/{prefix}", f"/v1/keys/{prefix}", headers=token)
         statuses = sorted({response.status_code for _, _, response in calls})
+        openai = sorted({r.status_code for _, path, r in calls if path.startswith(("/v1/embeddings", "/v1/models"))})
+        assert openai == [200, 400, 401, 404, 429]
         assert statuses == [200, 201, 400, 401, 404, 409, 422, 429]
         for method, path, response in calls:
             check(spec, method, path, response)

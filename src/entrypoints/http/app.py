@@ -14,7 +14,7 @@ from entrypoints.container import build_container
 from entrypoints.http.errors import install_error_handlers
 from entrypoints.http.lifecycle import start_services, stop_services
 from entrypoints.http.middleware import AccessLog, BodySizeLimit, RequestMetrics
-from entrypoints.http.routes import accounts, embed, hosted, metrics, operations
+from entrypoints.http.routes import accounts, embed, hosted, metrics, openai, operations
 from entrypoints.http.schemas.common import document_limits
 from entrypoints.settings import Settings, check_startup
 
@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.metrics_enabled:
         app.add_middleware(RequestMetrics, metrics=container.metrics(), routes=app.router.routes)
     install_error_handlers(app)
-    for router in (embed.router, hosted.router, operations.router):
+    for router in (embed.router, hosted.router, openai.router, operations.router):
         app.include_router(router)
     if settings.hosted:
         app.include_router(accounts.router)
@@ -59,7 +59,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-            app.openapi_schema = document_limits(schema, settings.max_batch_size, settings.max_input_length)
+            app.openapi_schema = document_limits(
+                schema,
+                settings.max_batch_size,
+                settings.max_input_length,
+                min(settings.openai_max_inputs, settings.max_queued_texts),
+            )
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

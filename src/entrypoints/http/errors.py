@@ -1,11 +1,15 @@
 """The one table mapping domain errors to HTTP: each row gives the status, the wire type (explicit, never derived
-from a class name) and the headers the answer carries. Also the JSON error body, and the handlers for errors that
-do not come from the domain (invalid bodies, unknown routes, anything unexpected)."""
+from a class name) and the headers the answer carries. Also the JSON error bodies, and the handlers for errors that
+do not come from the domain (invalid bodies, unknown routes, anything unexpected).
+
+Two bodies: the service's own `{"error": {"type", "message", ...details}}`, and on OpenAI's routes (OPENAI_PATHS)
+OpenAI's envelope `{"error": {"message", "type", "param", "code"}}` with OpenAI's status codes, its `code` being the
+row's wire type unless OPENAI_ROWS says otherwise."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +80,40 @@ STATUS_BY_ERROR = {cls: row.status for cls, row in ERROR_TABLE.items()}
 INTERNAL = ErrorRow(500, "internal_error")
 
 
+@dataclass(frozen=True)
+class OpenAIRow:
+    """Where OpenAI's answer differs from the row's: its status, its `code`, and the request field at fault."""
+
+    status: int | None = None
+    code: str | None = None
+    param: str | None = None
+
+
+OPENAI_PATHS = ("/v1/embeddings", "/v1/models")
+OPENAI_ROWS: dict[type[errors.DomainError], OpenAIRow] = {
+    errors.UnknownModel: OpenAIRow(404, "model_not_found", "model"),
+    errors.BatchTooLarge: OpenAIRow(400, param="input"),
+    errors.InputTooLong: OpenAIRow(param="input"),
+    errors.InvalidInput: OpenAIRow(param="input"),
+    errors.UnsupportedDimensions: OpenAIRow(param="dimensions"),
+    errors.Unauthenticated: OpenAIRow(code="invalid_api_key"),
+}
+OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def speaks_openai(path: str) -> bool:
+    return any(path == route or path.startswith(route + "/") for route in OPENAI_PATHS)
+
+
 def row_of(exc: errors.DomainError) -> ErrorRow:
     return next((ERROR_TABLE[c] for c in type(exc).__mro__ if c in ERROR_TABLE), INTERNAL)
 
@@ -84,13 +122,34 @@ def error_body(kind: str, message: str, **details: object) -> dict[str, object]:
     return {"error": {"type": kind, "message": message, **details}}
 
 
-def domain_error_response(exc: errors.DomainError, extra: Mapping[str, str] | None = None) -> JSONResponse:
+def openai_error_body(status: int, message: str, code: str | None, param: str | None = None) -> dict[str, object]:
+    kind = OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def domain_error_response(
+    exc: errors.DomainError, extra: Mapping[str, str] | None = None, path: str = ""
+) -> JSONResponse:
     row = row_of(exc)
     headers = {**(extra or {}), **row.headers(exc)}
+    if speaks_openai(path):
+        status, body = _openai_answer(exc, row)
+        return JSONResponse(body, status, headers=headers)
     return JSONResponse(error_body(row.type, exc.message, **exc.details), row.status, headers=headers)
 
 
-def internal_error_response() -> JSONResponse:
+def _openai_answer(exc: errors.DomainError, row: ErrorRow) -> tuple[int, dict[str, object]]:
+    special = next((OPENAI_ROWS[c] for c in type(exc).__mro__ if c in OPENAI_ROWS), OpenAIRow())
+    status = special.status or row.status
+    code = special.code or row.type
+    if isinstance(exc, errors.RateLimited):  # OpenAI's codes: a spent quota, or too many requests a minute
+        code = "insufficient_quota" if exc.window == "day" else "rate_limit_exceeded"
+    return status, openai_error_body(status, exc.message, code, special.param)
+
+
+def internal_error_response(path: str = "") -> JSONResponse:
+    if speaks_openai(path):
+        return JSONResponse(openai_error_body(500, "internal server error", INTERNAL.type), INTERNAL.status)
     return JSONResponse(error_body(INTERNAL.type, "internal server error"), INTERNAL.status)
 
 
@@ -120,10 +179,19 @@ def _message(error: dict[str, Any], location: tuple[int | str, ...]) -> str:
     return message
 
 
+def _param(found: Sequence[Any]) -> str | None:
+    """The request field of the first problem, as OpenAI names it ("input", "dimensions"); None for a body that is
+    not JSON, or not an object."""
+    location = [str(part) for part in (found[0].get("loc", ()) if found else ())]
+    if len(location) < 2 or location[0] != "body" or found[0].get("type") == "json_invalid":
+        return None
+    return location[1]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.DomainError)
     async def on_domain_error(request: Request, exc: errors.DomainError) -> JSONResponse:
-        return domain_error_response(exc, headers_for(request))
+        return domain_error_response(exc, headers_for(request), request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -145,19 +213,26 @@ def install_error_handlers(app: FastAPI) -> None:
             location = _location(tuple(err.get("loc", ())), union)
             problems.append({"location": ".".join(map(str, location)), "message": _message(err, location)})
         summary = "; ".join(f"{p['location']}: {p['message']}" for p in problems)
-        body = error_body("invalid_request", f"invalid request body: {summary}", problems=problems)
+        path = request.url.path
         try:
             await count_refused_request(request)
         except errors.RateLimited as limited:
-            return domain_error_response(limited, headers_for(request))
+            return domain_error_response(limited, headers_for(request), path)
+        if speaks_openai(path):  # OpenAI answers 400 for any malformed body, naming the field at fault
+            body = openai_error_body(400, f"invalid request body: {summary}", "invalid_request", _param(found))
+            return JSONResponse(body, 400, headers=headers_for(request))
+        body = error_body("invalid_request", f"invalid request body: {summary}", problems=problems)
         return JSONResponse(body, 422, headers=headers_for(request))
 
     @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        if speaks_openai(request.url.path):
+            body = openai_error_body(exc.status_code, str(exc.detail), kind)
+            return JSONResponse(body, exc.status_code, headers=exc.headers)
         return JSONResponse(error_body(kind, str(exc.detail)), exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
-    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled %s", type(exc).__name__, exc_info=exc)
-        return internal_error_response()
+        return internal_error_response(request.url.path)
