@@ -27,11 +27,24 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import exc as sqlalchemy_exc
+
 log = logging.getLogger(__name__)
 
 
 class DeadlineExceeded(TimeoutError):
     """The database did not finish an operation within its client-side time limit."""
+
+
+# what running out of time looks like from below: the pool's wait (sqlalchemy.exc.TimeoutError), a cancelled
+# statement or a connection cut (OperationalError, InterfaceError), the socket itself
+_TIMED_OUT = (
+    TimeoutError,
+    OSError,
+    sqlalchemy_exc.TimeoutError,
+    sqlalchemy_exc.OperationalError,
+    sqlalchemy_exc.InterfaceError,
+)
 
 
 @dataclass(eq=False)
@@ -101,9 +114,10 @@ class ConnectionWatchdog:
         try:
             yield
         except Exception as exc:
-            # expired: the watchdog aborted a connection; past the deadline: a bound of the driver's own (the pool's
-            # wait, which starts after the operation and has the same length) ran out first
-            if op.expired or time.monotonic() >= op.deadline:
+            # expired: the watchdog aborted a connection; past the deadline, a bound of the driver's own ran out
+            # first (the pool's wait, which starts after the operation and has the same length; the server's
+            # statement_timeout). Any other error (a constraint, a caller's bad value) stays what it is.
+            if op.expired or (time.monotonic() >= op.deadline and isinstance(exc, _TIMED_OUT)):
                 raise DeadlineExceeded(f"the database did not answer within {op.timeout_s:g} s") from exc
             raise
         finally:

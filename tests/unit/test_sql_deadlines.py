@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+from sqlalchemy import exc as sqlalchemy_exc
 
 from adapters.sql_deadlines import BoundedConnector, ConnectionWatchdog, DeadlineExceeded
 
@@ -106,3 +107,15 @@ def test_a_bound_of_the_drivers_own_that_runs_out_with_the_deadline_is_reported_
     with pytest.raises(TimeoutError, match="QueuePool") as raised, watchdog.operation():
         raise TimeoutError("QueuePool limit reached")  # before its deadline: the driver's own error, as it is
     assert not isinstance(raised.value, DeadlineExceeded)
+    with pytest.raises(DeadlineExceeded), watchdog.operation():  # what SQLAlchemy's pool raises
+        time.sleep(0.06)
+        raise sqlalchemy_exc.TimeoutError("QueuePool limit of size 1 overflow 1 reached")
+
+
+def test_an_error_that_is_no_timeout_stays_what_it_is_even_past_the_deadline() -> None:
+    """A unique-key violation that lands just after the deadline is still a conflict (409), not an outage."""
+    watchdog = ConnectionWatchdog(0.05, lambda c: None)
+    watchdog._thread = threading.current_thread()
+    with pytest.raises(sqlalchemy_exc.IntegrityError), watchdog.operation():
+        time.sleep(0.06)
+        raise sqlalchemy_exc.IntegrityError("INSERT ...", {}, Exception("duplicate key"))
