@@ -18,7 +18,7 @@ import numpy as np
 from adapters.metrics import NoMetrics
 from domain.errors import BackendFailure, Overloaded, Timeout
 from domain.model import EmbedInput, TokenIds, Vectors
-from domain.ports import Embedder
+from domain.ports import Embedder, MetricsRecorder
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +119,9 @@ class DynamicBatchingScheduler:
         policy: BatchPolicy | None = None,
         max_workers: int = 1,
         admit_share: float = 0.8,
-        metrics: NoMetrics | None = None,
+        metrics: MetricsRecorder | None = None,
     ) -> None:
-        self._metrics = metrics or NoMetrics()
+        self._metrics: MetricsRecorder = metrics or NoMetrics()
         self._timeout_s = timeout_s
         self._admit_share = admit_share
         self._max_queued = max_queued_texts

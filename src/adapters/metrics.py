@@ -9,22 +9,12 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
-
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 class NoMetrics:
-    """Metrics off: every method does nothing."""
+    """Metrics off: every method does nothing (and prometheus_client is never imported)."""
 
     enabled = False
 
@@ -58,9 +48,11 @@ class PrometheusMetrics(NoMetrics):
     PROMETHEUS_MULTIPROC_DIR is set, of the files of every process that wrote there."""
 
     enabled = True
-    content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+
+        self.content_type = CONTENT_TYPE_LATEST
         self.multiprocess_dir = os.environ.get(MULTIPROC_DIR_VARIABLE) or None
         self.registry = registry = CollectorRegistry()
         self._requests = Counter(
@@ -149,6 +141,8 @@ class PrometheusMetrics(NoMetrics):
 
     def exposition(self) -> bytes:
         """The text exposition format: this registry's metrics, or every process's in multiprocess mode."""
+        from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
         if self.multiprocess_dir is None:
             return generate_latest(self.registry)
         merged = CollectorRegistry()
@@ -158,6 +152,8 @@ class PrometheusMetrics(NoMetrics):
     def close(self) -> None:
         """This process stops serving: in multiprocess mode its live gauges (queue, load time) leave the sums."""
         if self.multiprocess_dir is not None:
+            from prometheus_client import multiprocess
+
             multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)
 
 

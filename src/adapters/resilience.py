@@ -17,7 +17,7 @@ from adapters.metrics import NoMetrics
 from adapters.rate_limiting import InMemoryRateLimiter, window_index
 from domain.errors import CacheUnavailable
 from domain.model import Admission, CacheScope, CacheStats, Charge, Vector
-from domain.ports import EmbeddingCache, RateLimiter
+from domain.ports import EmbeddingCache, MetricsRecorder, RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,9 @@ class FailSafeCache:
         retry_after_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         wait_s: float = 2.0,
-        metrics: NoMetrics | None = None,
+        metrics: MetricsRecorder | None = None,
     ) -> None:
-        self._metrics = metrics or NoMetrics()
+        self._metrics: MetricsRecorder = metrics or NoMetrics()
         self._store = store
         self._shared_pool = shared_pool
         self._retry_after_s = retry_after_s

@@ -87,6 +87,8 @@ def test_counters_move_with_requests_model_calls_and_cache_lookups() -> None:
         assert client.post("/v1/embed", json={"text": "x"}).status_code == 401
         assert client.post("/v1/embed", json={"text": "x" * 5000}, headers=AUTH).status_code == 413  # before routing
         assert client.get("/v1/keys/vec_0123456789abcdef").status_code == 404
+        assert client.get(f"/v1/models/{SPEC.hub_id}", headers=AUTH).status_code == 200
+        assert client.post("/v1/embeddings/x" * 3, json={}, headers=AUTH).status_code == 404
         after = scrape(client)
 
     def requests(route: str, status: int, method: str = "POST") -> float:
@@ -97,6 +99,8 @@ def test_counters_move_with_requests_model_calls_and_cache_lookups() -> None:
     assert requests("/v1/embed", 401) == 1
     assert requests("/v1/embed", 413) == 1
     assert requests("unmatched", 404, "GET") == 1  # never the path itself
+    assert requests("/v1/models/{model}", 200, "GET") == 1  # the template as written, without its converter
+    assert requests("unmatched", 404) == 1
     seconds = "embedding_http_request_duration_seconds_count"
     assert value(after, seconds, route="/v1/embed", method="POST") == 4
     assert value(after, seconds, route="/v1/embed/batch", method="POST") == 1

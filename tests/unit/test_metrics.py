@@ -108,3 +108,22 @@ def test_each_instance_counts_in_a_registry_of_its_own() -> None:
     assert sample(one, "embedding_rate_limited_total", window="minute") == 1
     assert sample(other, "embedding_rate_limited_total", window="minute") == 0
     assert b'embedding_model_load_seconds{model="all-MiniLM-L6-v2"} 1.5' in one.exposition()
+
+
+def test_with_metrics_off_prometheus_client_is_never_imported() -> None:
+    """The peoplepad container keeps no metrics: serving a request there loads nothing of them."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from fastapi.testclient import TestClient\n"
+        "from entrypoints.http.app import create_app\n"
+        "from tests.support import AUTH, fake_settings, wait_ready\n"
+        "with TestClient(create_app(fake_settings())) as client:\n"
+        "    wait_ready(client)\n"
+        "    assert client.post('/embed', json={'input': 'x'}, headers=AUTH).status_code == 200\n"
+        "print(sorted(m for m in sys.modules if m.startswith('prometheus')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

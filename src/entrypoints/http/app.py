@@ -13,7 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from entrypoints.container import build_container
 from entrypoints.http.errors import install_error_handlers
 from entrypoints.http.lifecycle import start_services, stop_services
-from entrypoints.http.middleware import AccessLog, BodySizeLimit, RequestMetrics
+from entrypoints.http.middleware import AccessLog, BodySizeLimit
 from entrypoints.http.routes import accounts, embed, hosted, metrics, openai, operations
 from entrypoints.http.schemas.common import document_limits
 from entrypoints.settings import Settings, check_startup
@@ -45,9 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.container = container
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(AccessLog)
-    if settings.metrics_enabled:
-        app.add_middleware(RequestMetrics, metrics=container.metrics(), routes=app.router.routes)
+    observer = container.metrics() if settings.metrics_enabled else None
+    app.add_middleware(AccessLog, metrics=observer, routes=app.router.routes)
     install_error_handlers(app)
     for router in (embed.router, hosted.router, openai.router, operations.router):
         app.include_router(router)

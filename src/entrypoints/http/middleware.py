@@ -111,36 +111,6 @@ class BodySizeLimit:
             watcher.cancel()
 
 
-class AccessLog:
-    """One line per request: method, path, status, latency. Never headers or bodies (keys, texts)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.monotonic()
-        status = 0
-
-        async def record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, record)
-        except Exception:
-            status = status or 500  # the server error handler outside answers it
-            raise
-        finally:
-            status = status or 499  # nothing was sent: the client went away first
-            elapsed_ms = (time.monotonic() - started) * 1000
-            log.info("%s %s %d %.1f ms", scope["method"], logged_path(scope), status, elapsed_ms)
-
-
 class RequestObserver(Protocol):
     def request(self, route: str, method: str, status: int, seconds: float) -> None: ...
 
@@ -149,12 +119,15 @@ UNMATCHED = "unmatched"
 UNCOUNTED_ROUTES = frozenset({"/metrics"})
 
 
-class RequestMetrics:
-    """Counts and times every request by the path template of its route (`/v1/keys/{prefix}`, never the path
-    itself: bounded label values), "unmatched" when no route takes it, its method and status. A request answered
-    before routing (413 for its body) is matched here; GET /metrics itself is not counted."""
+class AccessLog:
+    """One line per request: method, path, status, latency. Never headers or bodies (keys, texts).
 
-    def __init__(self, app: ASGIApp, metrics: RequestObserver, routes: Sequence[BaseRoute]) -> None:
+    With `metrics` (METRICS_ENABLED), every request is also counted and timed by the path template of its route
+    (`/v1/keys/{prefix}`, never the path itself: bounded label values), "unmatched" when no route takes it, its
+    method and status. A request answered before routing (413 for its body) is matched here; GET /metrics itself
+    is not counted."""
+
+    def __init__(self, app: ASGIApp, metrics: RequestObserver | None = None, routes: Sequence[BaseRoute] = ()) -> None:
         self.app = app
         self.metrics = metrics
         self.routes = routes  # the app's list: routers included later are in it
@@ -176,20 +149,24 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, record)
         except Exception:
-            status = status or 500
+            status = status or 500  # the server error handler outside answers it
             raise
         finally:
-            route = self._template(scope)
-            if route not in UNCOUNTED_ROUTES:
-                self.metrics.request(route, scope["method"], status or 499, time.perf_counter() - started)
+            status = status or 499  # nothing was sent: the client went away first
+            elapsed_s = time.perf_counter() - started
+            log.info("%s %s %d %.1f ms", scope["method"], logged_path(scope), status, elapsed_s * 1000)
+            if self.metrics is not None and (route := self._template(scope)) not in UNCOUNTED_ROUTES:
+                self.metrics.request(route, scope["method"], status, elapsed_s)
 
     def _template(self, scope: Scope) -> str:
-        path = getattr(scope.get("route"), "path", None)
+        """The route's path as its label: `/v1/models/{model}`, the converter (`:path`) left out."""
+        path = getattr(scope.get("route"), "path_format", None)
         if isinstance(path, str):
             return path
         # answered before routing (413 for its body), or no route takes it (404)
         if self._patterns is None:
-            self._patterns = [(compile_path(template)[0], template) for template in route_templates(self.routes)]
+            compiled = [compile_path(template) for template in route_templates(self.routes)]
+            self._patterns = [(pattern, template) for pattern, template, _ in compiled]
         return next((template for pattern, template in self._patterns if pattern.match(scope["path"])), UNMATCHED)
 
 
