@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -104,6 +105,45 @@ def wait_http_ready(process: subprocess.Popen[str] | None, port: int, timeout_s:
         alive = process is None or process.poll() is None
         assert time.monotonic() < deadline and alive, "server did not become ready"
         time.sleep(0.1)
+
+
+class ServerProcess:
+    """One `embedding-service serve` process on a free port, whose output is read as it comes (a full pipe would
+    block it) and shown when it does not become ready; `stop` sends SIGTERM and waits for the exit."""
+
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        cwd.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.process = serve({**env, "PORT": str(self.port)}, cwd)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        try:
+            wait_http_ready(self.process, self.port, timeout_s)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}:\n{self.log()}") from None
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait(timeout=10)
+        self._reader.join(timeout=10)
+        return code
+
+    def log(self) -> str:
+        return "\n".join(self.lines[-40:])
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from adapters.metrics import NoMetrics
-from domain.errors import BackendFailure, Overloaded, Timeout
+from domain.errors import BackendFailure, Overloaded, RequestTooLarge, Timeout
 from domain.model import EmbedInput, TokenIds, Vectors
 from domain.ports import Embedder, MetricsRecorder
 
@@ -106,10 +106,11 @@ class DynamicBatchingScheduler:
     Admission is by cost, not count: a request's texts are tokenized on arrival, and it is admitted only if the
     tokens queued ahead of it plus its own, at the recently measured tokens per second, finish within
     `admit_share` of the deadline; otherwise it gets Overloaded at once, with a Retry-After of when it would fit
-    (checked first with a lower bound counted from words, so most refusals cost no tokenization).
-    A request arriving at an empty queue is always admitted (nothing to wait for; its deadline still holds); before
-    the first model call has been measured, at most one call's worth of tokens (`policy.max_tokens`) is queued. At
-    most `max_queued_texts` texts wait or run whatever their cost (memory).
+    (checked first with a lower bound counted from words, so most refusals cost no tokenization), never later than
+    the queued work's deadlines. A request that would not finish in time even alone gets RequestTooLarge (split it;
+    a retry cannot help). A request arriving at an empty queue is otherwise admitted (nothing to wait for; its
+    deadline still holds); before the first model call has been measured, at most one call's worth of tokens
+    (`policy.max_tokens`) is queued. At most `max_queued_texts` texts wait or run whatever their cost (memory).
     """
 
     def __init__(
@@ -201,6 +202,10 @@ class DynamicBatchingScheduler:
         if self._closed or (queued and queued + texts > self._max_queued):
             self._metrics.overloaded()
             raise Overloaded(retry_after_s=self._retry_after(ahead))
+        left_s = arrived + self._timeout_s - time.monotonic()
+        if rate > 0 and tokens / rate > left_s:  # not even alone: neither waiting nor retrying helps
+            fitting = max(1, int(texts * left_s * self._admit_share * rate / tokens))
+            raise RequestTooLarge(texts, tokens / rate, self._timeout_s, fitting)
         if not ahead:
             return
         if rate <= 0:  # nothing measured yet: no more than one model call's worth until the first one tells
@@ -215,11 +220,17 @@ class DynamicBatchingScheduler:
                 "refused %d tokens behind %d at %.0f tokens/s: %.1f s > %.1f s", tokens, ahead, rate, finish_s, budget_s
             )
             self._metrics.overloaded()
-            raise Overloaded(retry_after_s=_whole_seconds(finish_s - budget_s))
+            raise Overloaded(retry_after_s=self._capped(finish_s - budget_s))
 
     def _retry_after(self, queued_tokens: int) -> int:
         rate = self._throughput.tokens_per_s * self._max_workers
-        return _whole_seconds(queued_tokens / rate if rate > 0 else self._timeout_s / 2)
+        return self._capped(queued_tokens / rate if rate > 0 else self._timeout_s / 2)
+
+    def _capped(self, seconds: float) -> int:
+        """A Retry-After of `seconds`, but never later than the queued work's deadlines: by then whatever has not
+        run is dropped, however slow the estimate says it is."""
+        drained_s = max((job.deadline for job in self._active), default=0.0) - time.monotonic()
+        return _whole_seconds(min(seconds, max(drained_s, 0.0)))
 
     def _start(self) -> None:
         if self._threads:
@@ -367,10 +378,10 @@ def _whole_seconds(seconds: float) -> int:
 
 def _fewest_tokens(texts: Sequence[EmbedInput], max_seq_length: int) -> int:
     """A lower bound of the tokens `texts` take, from words alone: the tokenizers served split on whitespace, and
-    every word becomes at least one token besides the two special ones (truncated at the model's limit); token ids
-    take at least as many tokens as they hold."""
+    every word becomes at least one token besides the two special ones (truncated at the model's limit). Token ids
+    count 1: padding sent along is dropped, so their length bounds nothing."""
     return sum(
-        min(max_seq_length, len(text) if isinstance(text, TokenIds) else len(text.split(maxsplit=max_seq_length)) + 2)
+        1 if isinstance(text, TokenIds) else min(max_seq_length, len(text.split(maxsplit=max_seq_length)) + 2)
         for text in texts
     )
 

@@ -12,6 +12,7 @@ import numpy as np
 from domain.model import EmbedInput, ModelInfo, ModelSpec, TokenIds, Vectors
 
 FAKE_VOCABULARY_SIZE = 30522
+FAKE_SPECIAL_TOKEN_IDS = frozenset({0, 101, 102})  # BERT's [PAD], [CLS] and [SEP]
 
 
 class FakeEmbedder:
@@ -27,6 +28,10 @@ class FakeEmbedder:
     @property
     def vocabulary_size(self) -> int:
         return FAKE_VOCABULARY_SIZE
+
+    @property
+    def special_token_ids(self) -> frozenset[int]:
+        return FAKE_SPECIAL_TOKEN_IDS
 
     def embed(self, texts: Sequence[EmbedInput]) -> Vectors:
         self.calls.append(len(texts))

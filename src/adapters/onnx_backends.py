@@ -49,8 +49,7 @@ class _Tokenizer:
         pad = pad["content"] if isinstance(pad, dict) else pad
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self._tokenizer.enable_truncation(max_length=max_length)
-        self.pad_id: int = self._tokenizer.token_to_id(pad) or 0
-        self._tokenizer.enable_padding(pad_id=self.pad_id, pad_token=pad)
+        self._tokenizer.enable_padding(pad_id=self._tokenizer.token_to_id(pad), pad_token=pad)
 
     def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         encoded = self._tokenizer.encode_batch(list(texts))
@@ -58,17 +57,6 @@ class _Tokenizer:
             "input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
         }
-
-
-def padded(rows: Sequence[Sequence[int]], pad_id: int) -> dict[str, np.ndarray]:
-    """Token id rows as one model call's inputs: padded on the right to the longest, with their attention mask."""
-    width = max(len(row) for row in rows)
-    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    attention_mask = np.zeros((len(rows), width), dtype=np.int64)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = row
-        attention_mask[i, : len(row)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 class ExportedGraphEmbedder:
@@ -88,11 +76,15 @@ class ExportedGraphEmbedder:
     def vocabulary_size(self) -> int:
         return self._counter.vocabulary_size
 
+    @property
+    def special_token_ids(self) -> frozenset[int]:
+        return self._counter.framing.special_ids
+
     def embed(self, texts: Sequence[EmbedInput]) -> Vectors:
         if all(isinstance(text, str) for text in texts):
             inputs = self._tokenizer.encode(texts)  # type: ignore[arg-type]
         else:
-            inputs = padded(self._counter.ids(texts), self._tokenizer.pad_id)
+            inputs = self._counter.padded(texts)
         return np.ascontiguousarray(self._run(inputs), dtype=np.float32)
 
     def token_counts(self, texts: Sequence[EmbedInput]) -> list[int]:

@@ -53,9 +53,13 @@ class SentenceTransformerEmbedder:
     def vocabulary_size(self) -> int:
         return self._counter.vocabulary_size
 
+    @property
+    def special_token_ids(self) -> frozenset[int]:
+        return self._counter.framing.special_ids
+
     def embed(self, texts: Sequence[EmbedInput]) -> Vectors:
         if not all(isinstance(text, str) for text in texts):
-            return self._embed_ids(self._counter.ids(texts))
+            return self._embed_ids(texts)
         with torch.inference_mode():
             vectors = self._model.encode(
                 list(texts),
@@ -66,18 +70,11 @@ class SentenceTransformerEmbedder:
             )
         return np.asarray(vectors, dtype=np.float32)
 
-    def _embed_ids(self, rows: Sequence[Sequence[int]]) -> Vectors:
+    def _embed_ids(self, texts: Sequence[EmbedInput]) -> Vectors:
         """The model's pipeline (transformer, pooling, normalization) on token ids, as encode() runs it on texts."""
-        pad_id = self._model.tokenizer.pad_token_id or 0
-        width = max(len(row) for row in rows)
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            attention_mask[i, : len(row)] = 1
         device = self._model.device
         with torch.inference_mode():
-            features = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+            features = {name: torch.from_numpy(array).to(device) for name, array in self._counter.padded(texts).items()}
             vectors = self._model(features)["sentence_embedding"].float()
             vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
         return np.asarray(vectors.cpu().numpy(), dtype=np.float32)

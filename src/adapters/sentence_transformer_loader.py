@@ -140,6 +140,10 @@ class _WithInfo:
     def vocabulary_size(self) -> int:
         return self._inner.vocabulary_size
 
+    @property
+    def special_token_ids(self) -> frozenset[int]:
+        return self._inner.special_token_ids
+
     def embed(self, texts: Sequence[EmbedInput]) -> Vectors:
         return self._inner.embed(texts)
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from domain.model import EmbedInput, TokenIds
 
 
@@ -31,11 +33,19 @@ class TokenFraming:
         start = next(i for i in range(len(framed) - len(bare) + 1) if framed[i : i + len(bare)] == bare)
         return cls(tuple(framed[:start]), tuple(framed[start + len(bare) :]), max_length, pad_id)
 
+    @property
+    def special_ids(self) -> frozenset[int]:
+        return frozenset({*self.prefix, *self.suffix, *(() if self.pad_id is None else (self.pad_id,))})
+
     def frame(self, ids: Sequence[int]) -> list[int]:
-        """The ids with the special ones in place, truncated like a text's; padding sent along is dropped."""
-        content = list(ids)
-        while self.pad_id is not None and content and content[-1] == self.pad_id:
-            content.pop()
+        """The ids with the special ones in place, truncated like a text's; padding sent along (on either side) is
+        dropped."""
+        start, end = 0, len(ids)
+        while self.pad_id is not None and start < end and ids[start] == self.pad_id:
+            start += 1
+        while self.pad_id is not None and end > start and ids[end - 1] == self.pad_id:
+            end -= 1
+        content = list(ids[start:end])
         if self.prefix and tuple(content[: len(self.prefix)]) == self.prefix:
             content = content[len(self.prefix) :]
         if self.suffix and len(content) >= len(self.suffix) and tuple(content[-len(self.suffix) :]) == self.suffix:
@@ -65,6 +75,17 @@ class TokenCounter:
 
     def counts(self, texts: Sequence[EmbedInput]) -> list[int]:
         return [len(ids) for ids in self.ids(texts)]
+
+    def padded(self, inputs: Sequence[EmbedInput]) -> dict[str, np.ndarray]:
+        """The inputs as one model call takes them: ids padded on the right to the longest, and the attention mask."""
+        rows = self.ids(inputs)
+        width = max(len(row) for row in rows)
+        input_ids = np.full((len(rows), width), self.framing.pad_id or 0, dtype=np.int64)
+        attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = row
+            attention_mask[i, : len(row)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def ids(self, inputs: Sequence[EmbedInput]) -> list[list[int]]:
         """The token ids of each input as the model gets them (framed, truncated), not padded."""

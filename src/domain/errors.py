@@ -49,6 +49,23 @@ class BatchTooLarge(DomainError):
         return {"size": self.size, "limit": self.limit}
 
 
+class RequestTooLarge(DomainError):
+    """A request that alone would take longer than its deadline at the model's measured speed: retrying it cannot
+    help, splitting it does."""
+
+    def __init__(self, inputs: int, estimated_s: float, limit_s: float, fitting: int) -> None:
+        super().__init__(
+            f"these {inputs} inputs would take about {estimated_s:.1f} s to embed at the model's recent speed, more "
+            f"than the {limit_s:g} s a request may take (TIMEOUT_SECONDS); send at most about {fitting} of them per "
+            "request."
+        )
+        self.inputs, self.estimated_s, self.limit_s, self.fitting = inputs, estimated_s, limit_s, fitting
+
+    @property
+    def details(self) -> dict[str, object]:
+        return {"estimated_seconds": round(self.estimated_s, 1), "limit_seconds": self.limit_s, "fits": self.fitting}
+
+
 class PayloadTooLarge(DomainError):
     def __init__(self, limit_bytes: int) -> None:
         super().__init__(f"request body exceeds {limit_bytes} bytes; send fewer or shorter inputs per request.")

@@ -36,6 +36,11 @@ class Embedder(Protocol):
         """Token ids run from 0 to this, exclusive."""
         ...
 
+    @property
+    def special_token_ids(self) -> frozenset[int]:
+        """Ids its tokenizer adds around a text's tokens, and its padding id: no text of their own."""
+        ...
+
     def embed(self, texts: Sequence[EmbedInput]) -> Vectors: ...
 
     def token_counts(self, texts: Sequence[EmbedInput]) -> list[int]:
@@ -239,6 +244,7 @@ class TokenIssuer(Protocol):
     def subject(self, token: str) -> str | None:
         """The account id of a valid, unexpired token; None for anything else."""
         ...
+
 
 class MetricsRecorder(Protocol):
     """Where the service's measurements go (Prometheus, or nowhere): adapters report what they see through it."""

@@ -339,3 +339,99 @@ def test_the_minute_limit_is_rate_limit_exceeded(tmp_path: Path) -> None:
         assert limited.json()["error"]["type"] == "rate_limit_error"
         assert limited.headers["x-ratelimit-remaining-requests"] == "0"
         assert 0 < int(limited.headers["Retry-After"]) <= 60
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "param"),
+    [
+        ({"input": "x", "model": ""}, 400, "invalid_request", "model"),
+        ({"input": "x", "model": "text-embedding-3-small", "dimensions": 256}, 404, "model_not_found", "model"),
+        ({"input": [101, 102]}, 400, "invalid_input", "input"),  # only [CLS] and [SEP]: an empty text
+        ({"input": [[7], [0, 0]]}, 400, "invalid_input", "input"),  # only padding
+    ],
+)
+def test_more_refusals(client: TestClient, body: dict[str, Any], status: int, code: str, param: str) -> None:
+    response = embeddings(client, body)
+    assert (response.status_code, response.json()["error"]["code"], response.json()["error"]["param"]) == (
+        status,
+        code,
+        param,
+    )
+
+
+def test_a_trailing_slash_is_a_404_in_openais_envelope_never_a_redirect(client: TestClient) -> None:
+    response = client.post(
+        "/v1/embeddings/", json={"input": "x"}, headers={**AUTH, "Host": "evil.example"}, follow_redirects=False
+    )
+    assert response.status_code == 404
+    assert "location" not in response.headers
+    assert response.json()["error"] | {"message": None} == {
+        "message": None,
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "not_found",
+    }
+
+
+def test_a_request_too_large_for_its_deadline_is_a_400_on_this_route() -> None:
+    """The scheduler refuses a request that alone would outlast TIMEOUT_SECONDS (tests/unit/test_dynamic_batcher.py);
+    OpenAI's route answers it 400 on `input`, which the SDK does not retry, and the other routes 413."""
+    from domain.errors import RequestTooLarge
+    from entrypoints.http.errors import domain_error_response
+
+    refusal = RequestTooLarge(2048, 25.3, 10, 650)
+    openai = domain_error_response(refusal, scope={"path": "/v1/embeddings"})
+    assert openai.status_code == 400
+    assert json_of(openai)["error"]["param"] == "input" and json_of(openai)["error"]["code"] == "request_too_large"
+    assert "send at most about 650 of them per request" in json_of(openai)["error"]["message"]
+    own = domain_error_response(refusal, scope={"path": "/v1/embed/batch"})
+    assert own.status_code == 413 and json_of(own)["error"]["fits"] == 650
+
+
+def json_of(response: Any) -> Any:
+    import json
+
+    return json.loads(response.body)
+
+
+def test_a_model_trained_for_truncation_gives_normalized_vectors_of_the_size_asked(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from adapters.fake_embedder import FakeEmbedderLoader
+
+    matryoshka = replace(SPEC, matryoshka_dimensions=(256, 64))
+    app = create_app(fake_settings())
+    app.state.container.loader.override(providers.Object(FakeEmbedderLoader(matryoshka)))
+    with TestClient(app) as client:
+        wait_ready(client)
+        full = np.asarray(embeddings(client, {"input": "a text"}).json()["data"][0]["embedding"])
+        short = embeddings(client, {"input": "a text", "dimensions": 64})
+        assert short.status_code == 200
+        vector = np.asarray(short.json()["data"][0]["embedding"])
+        assert vector.shape == (64,)
+        assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-6)
+        np.testing.assert_allclose(vector, full[:64] / np.linalg.norm(full[:64]), rtol=1e-5, atol=1e-7)
+        refused = embeddings(client, {"input": "a text", "dimensions": 100})
+        assert (refused.status_code, refused.json()["error"]["param"]) == (400, "dimensions")
+        assert "it was trained for 256, 64 (and its full 768)" in refused.json()["error"]["message"]
+
+
+def test_a_failed_request_gives_the_accounts_texts_back(tmp_path: Path) -> None:
+    with hosted(tmp_path, free_tier_daily_limit=5, free_tier_per_minute=50) as client:
+        key = bearer(signup(client))
+        client.app.state.container.host().embedder().embed = None  # type: ignore[attr-defined]  # the backend fails
+        failed = embeddings(client, {"input": ["a", "b", "c"]}, headers=key)
+        assert (failed.status_code, failed.json()["error"]["code"]) == (503, "backend_failure")
+        assert failed.json()["error"]["type"] == "server_error"
+        assert failed.headers["ratelimit"].startswith('"day";r=5;')  # given back
+        assert failed.headers["x-ratelimit-remaining-requests"] == "49"  # the request still counts
+
+
+def test_listing_models_counts_against_the_minute_limit(tmp_path: Path) -> None:
+    with hosted(tmp_path, free_tier_per_minute=2) as client:
+        key = bearer(signup(client))
+        first = client.get("/v1/models", headers=key)
+        assert (first.status_code, first.headers["x-ratelimit-remaining-requests"]) == (200, "1")
+        assert client.get("/v1/models/all-mpnet-base-v2", headers=key).status_code == 200
+        limited = client.get("/v1/models", headers=key)
+        assert (limited.status_code, limited.json()["error"]["code"]) == (429, "rate_limit_exceeded")

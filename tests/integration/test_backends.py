@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -164,7 +165,7 @@ def test_token_ids_embed_like_the_text_they_encode_with_or_without_special_token
     texts = [TEXTS[0], TEXTS[2], TEXTS[4]]  # the last one longer than the model's 256 tokens
     framed = [TokenIds(tuple(tokenizer.encode(t).ids)) for t in texts]
     bare = [TokenIds(tuple(tokenizer.encode(t, add_special_tokens=False).ids)) for t in texts]
-    padded = TokenIds((*framed[0].ids, 0, 0, 0))
+    padded = TokenIds((0, 0, *framed[0].ids, 0, 0, 0))  # padding on either side is dropped
     assert len(framed[2]) > MINILM.max_seq_length
     reference = embedder.embed(texts)
     for inputs in (framed, bare, [padded, texts[1], bare[2]]):
@@ -173,3 +174,27 @@ def test_token_ids_embed_like_the_text_they_encode_with_or_without_special_token
     assert embedder.token_counts([*framed, *bare]) == embedder.token_counts(texts) * 2
     assert embedder.token_counts(texts)[2] == MINILM.max_seq_length
     assert embedder.vocabulary_size == 30522
+
+
+@pytest.mark.parametrize(
+    ("name", "specials"), [("all-MiniLM-L6-v2", ((101,), (102,), 0)), ("all-mpnet-base-v2", ((0,), (2,), 1))]
+)
+def test_each_models_own_special_tokens_frame_token_ids(name: str, specials: tuple[Any, Any, int]) -> None:
+    """[CLS]/[SEP] with [PAD]=0 for MiniLM, <s>/</s> with <pad>=1 for mpnet: read from each tokenizer, not assumed."""
+    from tokenizers import Tokenizer
+
+    from adapters.token_counting import TokenCounter
+
+    spec = KNOWN_MODELS[name]
+    counter = TokenCounter(model_dir(name) / "tokenizer.json", spec.max_seq_length)
+    prefix, suffix, pad = specials
+    assert (counter.framing.prefix, counter.framing.suffix, counter.framing.pad_id) == (prefix, suffix, pad)
+    tokenizer = Tokenizer.from_file(str(model_dir(name) / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    text = " ".join(["Jazz night at the harbour with the Lisbon quartet"] * 60)  # over either model's limit
+    as_text = counter.ids([text])[0]
+    assert len(as_text) == spec.max_seq_length
+    for ids in (tokenizer.encode(text).ids, tokenizer.encode(text, add_special_tokens=False).ids):
+        assert counter.ids([TokenIds(tuple(ids))])[0] == as_text
+        assert counter.ids([TokenIds((pad, *ids, pad))])[0] == as_text

@@ -4,8 +4,6 @@ a key revoked through one process is refused by the other at once, and SIGTERM w
 from __future__ import annotations
 
 import signal
-import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,7 +14,8 @@ from typing import Any
 
 import httpx
 
-from tests.support import free_port, postgres_database, serve, wait_http_ready
+from tests.support import ServerProcess as Server
+from tests.support import postgres_database
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 JWT_SECRET = "integration-test-jwt-secret-0123456789abcdef"
@@ -33,42 +32,6 @@ def hosted_env(database_url: str, **overrides: str) -> dict[str, str]:
         "USAGE_FLUSH_SECONDS": "0.5",
         **overrides,
     }
-
-
-class Server:
-    """One `embedding-service serve` process whose output is read as it comes (a full pipe never blocks it); `stop`
-    sends SIGTERM and waits for the exit."""
-
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
-        cwd.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.process = serve({**env, "PORT": str(self.port)}, cwd)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_ready(self) -> None:
-        wait_http_ready(self.process, self.port)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait(timeout=10)
-        self._reader.join(timeout=10)
-        return code
-
-    def log(self) -> str:
-        return "\n".join(self.lines[-40:])
 
 
 @contextmanager

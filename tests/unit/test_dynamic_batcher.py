@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from adapters.dynamic_batcher import BatchPolicy, DynamicBatchingScheduler, _Item, plan_batches
 from adapters.fake_embedder import FakeEmbedder
-from domain.errors import BackendFailure, Overloaded, Timeout
+from domain.errors import BackendFailure, Overloaded, RequestTooLarge, Timeout
 from domain.model import KNOWN_MODELS, Vectors
 
 SPEC = KNOWN_MODELS["all-MiniLM-L6-v2"]
@@ -401,5 +401,51 @@ def test_models_are_never_mixed_in_one_call() -> None:
         scheduler.shutdown()
         assert all(t.startswith("1-") for b in first.batches for t in b)
         assert all(t.startswith("2-") for b in second.batches for t in b)
+
+    asyncio.run(scenario())
+
+
+def test_a_request_that_cannot_finish_in_time_even_alone_is_refused_at_once_naming_what_fits() -> None:
+    """Admitted, it would run its whole deadline and time out (and the openai SDK would retry it twice more); it
+    is refused before any work, with how many of its inputs would fit, and a request that fits still runs."""
+
+    async def scenario() -> None:
+        embedder = TokenCostEmbedder(seconds_per_token=0.5 / 8192)  # 8192 tokens take 0.5 s
+        policy = BatchPolicy(max_texts=32, max_tokens=8192, max_wait_s=0)
+        scheduler = DynamicBatchingScheduler(timeout_s=1.0, max_queued_texts=4096, policy=policy)
+        await scheduler.run(embedder, [words(300, "warm") for _ in range(8)])  # measures the throughput
+        started = time.monotonic()
+        with pytest.raises(RequestTooLarge) as refused:
+            await scheduler.run(embedder, [words(300, f"big{i}-") for i in range(128)])  # 32768 tokens: ~2 s
+        assert time.monotonic() - started < 0.3
+        assert refused.value.estimated_s == pytest.approx(2.0, rel=0.3)
+        assert 32 <= refused.value.fitting <= 64  # 0.8 of 1 s at ~16k tokens/s, 256 tokens each: ~51
+        fitting = await scheduler.run(embedder, [words(300, f"fits{i}-") for i in range(refused.value.fitting // 2)])
+        assert len(fitting) == refused.value.fitting // 2
+        scheduler.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_retry_after_is_never_later_than_the_queued_work_s_deadlines() -> None:
+    """However slow the queued work is estimated to be, what has not run by its deadline is dropped: a refused
+    caller is told to come back then at the latest, not a minute later."""
+
+    async def scenario() -> None:
+        embedder = TokenCostEmbedder(seconds_per_token=0.5 / 8192)
+        policy = BatchPolicy(max_texts=32, max_tokens=8192, max_wait_s=0)
+        scheduler = DynamicBatchingScheduler(timeout_s=3.0, max_queued_texts=4096, policy=policy)
+        await scheduler.run(embedder, [words(300, "warm") for _ in range(8)])
+        queued = [
+            asyncio.ensure_future(scheduler.run(embedder, [words(300, f"q{n}-{i}") for i in range(32)]))
+            for n in range(5)
+        ]
+        await asyncio.sleep(0.05)
+        scheduler._throughput.tokens_per_s /= 100  # the estimate turns very pessimistic: ~100 s of work queued
+        with pytest.raises(Overloaded) as refused:
+            await scheduler.run(embedder, ["one more"])
+        assert refused.value.retry_after_s <= 3
+        await asyncio.gather(*queued, return_exceptions=True)
+        scheduler.shutdown()
 
     asyncio.run(scenario())

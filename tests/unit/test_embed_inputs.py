@@ -12,7 +12,7 @@ import pytest
 from adapters.fake_embedder import FAKE_VOCABULARY_SIZE, FakeEmbedder, FakeEmbedderLoader
 from adapters.memory_cache import InMemoryEmbeddingCache, NoEmbeddingCache
 from adapters.resilience import FailSafeCache
-from domain.errors import InputTooLong, InvalidInput, UnsupportedDimensions
+from domain.errors import InputTooLong, InvalidInput, UnknownModel, UnsupportedDimensions
 from domain.model import KNOWN_MODELS, Caller, EmbedInput, Limits, ModelSpec, TextItem, TextKeyRule, TokenIds
 from domain.services import ModelHost, input_key, text_key
 from domain.use_cases import EmbeddingResult, EmbedInputs
@@ -103,3 +103,16 @@ def test_an_input_over_the_length_limit_is_named_by_its_index() -> None:
         built.use_case.check(items("ok", "x" * 101))
     with pytest.raises(InputTooLong, match="input 2 is 101 token ids long; the limit is 100 token ids"):
         built.use_case.check(items("ok", TokenIds((1,)), TokenIds(tuple(range(101)))))
+
+
+def test_token_ids_holding_only_special_tokens_or_padding_are_an_empty_input() -> None:
+    built = build()
+    for ids in ((101, 102), (0,), (0, 0, 0), (101, 0, 102)):
+        with pytest.raises(InvalidInput, match="input 1 holds only the model's special tokens or padding"):
+            run(built, "fine", TokenIds(ids))
+    assert run(built, TokenIds((101, 7, 102, 0))).items[0].embedding.shape == (MATRYOSHKA.dimension,)
+
+
+def test_an_unknown_model_is_named_before_the_dimensions_asked_of_it() -> None:
+    with pytest.raises(UnknownModel):
+        build().use_case.check(items("x"), "text-embedding-3-small", dimensions=256)

@@ -82,7 +82,7 @@ class _EmbedTexts:
             embedder = self._host.embedder()
         except ModelNotReady:
             return  # (token ids are checked against its vocabulary once it is loaded)
-        _check_token_ids(items, embedder.vocabulary_size)
+        _check_token_ids(items, embedder)
 
     def _validate(self, items: Sequence[TextItem], model: str | None, encoding_format: str) -> ModelSpec:
         spec = self._host.spec
@@ -124,7 +124,7 @@ class _EmbedTexts:
         day = datetime.now(UTC).date() if metered else None  # usage: the UTC day it arrived on, as its quota
         spec = self._validate(items, model, encoding_format)
         embedder = self._host.embedder()
-        _check_token_ids(items, embedder.vocabulary_size)
+        _check_token_ids(items, embedder)
         texts = [item.text for item in items]
         if not self._cache.enabled:
             started = time.monotonic()
@@ -203,7 +203,9 @@ async def _count_tokens(embedder: Embedder, texts: Sequence[EmbedInput]) -> int:
     return sum(await asyncio.to_thread(embedder.token_counts, texts))
 
 
-def _check_token_ids(items: Sequence[TextItem], vocabulary_size: int) -> None:
+def _check_token_ids(items: Sequence[TextItem], embedder: Embedder) -> None:
+    """Token ids must be the model's, and not only its special ones or padding (an empty input, in disguise)."""
+    vocabulary_size, special = embedder.vocabulary_size, embedder.special_token_ids
     for index, item in enumerate(items):
         if isinstance(item.text, TokenIds):
             wrong = next((i for i in item.text.ids if not 0 <= i < vocabulary_size), None)
@@ -211,6 +213,11 @@ def _check_token_ids(items: Sequence[TextItem], vocabulary_size: int) -> None:
                 raise InvalidInput(
                     f"input {index} holds token id {wrong}, outside the served model's vocabulary (0 to "
                     f"{vocabulary_size - 1}); send ids of this model's own tokenizer, not another's (tiktoken's)."
+                )
+            if all(i in special for i in item.text.ids):
+                raise InvalidInput(
+                    f"input {index} holds only the model's special tokens or padding, no text; every input must "
+                    "hold at least one token of text."
                 )
 
 
@@ -290,7 +297,7 @@ class EmbedInputs(_EmbedTexts):
         dimensions: int | None = None,
         public: bool = False,
     ) -> EmbeddingResult:
-        self._check_inputs(items, dimensions)
+        self._check_inputs(items, model, dimensions)
         result = await self._embed(items, model, "float", caller, public, count_tokens=True)
         if dimensions is None or dimensions == result.dimensions:
             return result
@@ -307,14 +314,16 @@ class EmbedInputs(_EmbedTexts):
         encoding_format: str = "float",
         dimensions: int | None = None,
     ) -> None:
-        self._check_inputs(items, dimensions)
+        self._check_inputs(items, model, dimensions)
         super().check(items, model, encoding_format)
 
-    def _check_inputs(self, items: Sequence[TextItem], dimensions: int | None) -> None:
+    def _check_inputs(self, items: Sequence[TextItem], model: str | None, dimensions: int | None) -> None:
+        spec = self._host.spec
+        if model is not None and not spec.answers_to(model):  # first: the dimensions asked are of that model
+            raise UnknownModel(model, spec.name, spec.aliases)
         empty = next((i for i, item in enumerate(items) if len(item.text) == 0), None)
         if empty is not None:
             raise InvalidInput(f"input {empty} is empty; every input must hold at least one character or token id.")
-        spec = self._host.spec
         if dimensions is not None and dimensions != spec.dimension and dimensions not in spec.matryoshka_dimensions:
             raise UnsupportedDimensions(dimensions, spec.name, spec.dimension, spec.matryoshka_dimensions)
 

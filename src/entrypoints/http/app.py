@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
+        redirect_slashes=False,  # a 404 for "/v1/embeddings/", not a redirect to a Location built from Host
     )
     app.state.container = container
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -65,6 +65,7 @@ ERROR_TABLE: dict[type[errors.DomainError], ErrorRow] = {
     errors.EmailTaken: ErrorRow(409, "email_taken"),
     errors.BatchTooLarge: ErrorRow(413, "batch_too_large"),
     errors.PayloadTooLarge: ErrorRow(413, "payload_too_large"),
+    errors.RequestTooLarge: ErrorRow(413, "request_too_large"),
     errors.RateLimited: ErrorRow(429, "rate_limited", _retry_after),
     errors.ModelNotReady: ErrorRow(503, "model_not_ready", _retry_in_5),
     errors.Overloaded: ErrorRow(503, "overloaded", _retry_after),
@@ -89,10 +90,12 @@ class OpenAIRow:
     param: str | None = None
 
 
+OPENAI_TAG = "openai"  # the OpenAI router's tag
 OPENAI_PATHS = ("/v1/embeddings", "/v1/models")
 OPENAI_ROWS: dict[type[errors.DomainError], OpenAIRow] = {
     errors.UnknownModel: OpenAIRow(404, "model_not_found", "model"),
     errors.BatchTooLarge: OpenAIRow(400, param="input"),
+    errors.RequestTooLarge: OpenAIRow(400, param="input"),
     errors.InputTooLong: OpenAIRow(param="input"),
     errors.InvalidInput: OpenAIRow(param="input"),
     errors.UnsupportedDimensions: OpenAIRow(param="dimensions"),
@@ -110,7 +113,16 @@ OPENAI_TYPES = {
 }
 
 
-def speaks_openai(path: str) -> bool:
+def speaks_openai(scope: Mapping[str, Any] | None) -> bool:
+    """Whether an answer goes out in OpenAI's envelope: the matched route is on the OpenAI router (tagged
+    "openai"); before or without a match (413 for the body, 404, 405), whether the path is one of OPENAI_PATHS."""
+    if scope is None:
+        return False
+    route = scope.get("route")
+    if route is not None:
+        return OPENAI_TAG in getattr(route, "tags", ())
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    path = path[len(root) :] if root and path.startswith(root) else path
     return any(path == route or path.startswith(route + "/") for route in OPENAI_PATHS)
 
 
@@ -128,11 +140,11 @@ def openai_error_body(status: int, message: str, code: str | None, param: str | 
 
 
 def domain_error_response(
-    exc: errors.DomainError, extra: Mapping[str, str] | None = None, path: str = ""
+    exc: errors.DomainError, extra: Mapping[str, str] | None = None, scope: Mapping[str, Any] | None = None
 ) -> JSONResponse:
     row = row_of(exc)
     headers = {**(extra or {}), **row.headers(exc)}
-    if speaks_openai(path):
+    if speaks_openai(scope):
         status, body = _openai_answer(exc, row)
         return JSONResponse(body, status, headers=headers)
     return JSONResponse(error_body(row.type, exc.message, **exc.details), row.status, headers=headers)
@@ -147,8 +159,8 @@ def _openai_answer(exc: errors.DomainError, row: ErrorRow) -> tuple[int, dict[st
     return status, openai_error_body(status, exc.message, code, special.param)
 
 
-def internal_error_response(path: str = "") -> JSONResponse:
-    if speaks_openai(path):
+def internal_error_response(scope: Mapping[str, Any] | None = None) -> JSONResponse:
+    if speaks_openai(scope):
         return JSONResponse(openai_error_body(500, "internal server error", INTERNAL.type), INTERNAL.status)
     return JSONResponse(error_body(INTERNAL.type, "internal server error"), INTERNAL.status)
 
@@ -191,7 +203,7 @@ def _param(found: Sequence[Any]) -> str | None:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.DomainError)
     async def on_domain_error(request: Request, exc: errors.DomainError) -> JSONResponse:
-        return domain_error_response(exc, headers_for(request), request.url.path)
+        return domain_error_response(exc, headers_for(request), request.scope)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -213,12 +225,11 @@ def install_error_handlers(app: FastAPI) -> None:
             location = _location(tuple(err.get("loc", ())), union)
             problems.append({"location": ".".join(map(str, location)), "message": _message(err, location)})
         summary = "; ".join(f"{p['location']}: {p['message']}" for p in problems)
-        path = request.url.path
         try:
             await count_refused_request(request)
         except errors.RateLimited as limited:
-            return domain_error_response(limited, headers_for(request), path)
-        if speaks_openai(path):  # OpenAI answers 400 for any malformed body, naming the field at fault
+            return domain_error_response(limited, headers_for(request), request.scope)
+        if speaks_openai(request.scope):  # OpenAI answers 400 for any malformed body, naming the field at fault
             body = openai_error_body(400, f"invalid request body: {summary}", "invalid_request", _param(found))
             return JSONResponse(body, 400, headers=headers_for(request))
         body = error_body("invalid_request", f"invalid request body: {summary}", problems=problems)
@@ -227,7 +238,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        if speaks_openai(request.url.path):
+        if speaks_openai(request.scope):
             body = openai_error_body(exc.status_code, str(exc.detail), kind)
             return JSONResponse(body, exc.status_code, headers=exc.headers)
         return JSONResponse(error_body(kind, str(exc.detail)), exc.status_code, headers=exc.headers)
@@ -235,4 +246,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled %s", type(exc).__name__, exc_info=exc)
-        return internal_error_response(request.url.path)
+        return internal_error_response(request.scope)

@@ -49,7 +49,7 @@ class BodySizeLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await domain_error_response(PayloadTooLarge(self.max_bytes), path=scope["path"])(scope, receive, send)
+            await domain_error_response(PayloadTooLarge(self.max_bytes), scope=scope)(scope, receive, send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -61,7 +61,7 @@ class BodySizeLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await domain_error_response(PayloadTooLarge(self.max_bytes), path=scope["path"])(scope, receive, send)
+                await domain_error_response(PayloadTooLarge(self.max_bytes), scope=scope)(scope, receive, send)
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)

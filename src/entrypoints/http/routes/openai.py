@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from domain.model import Caller, TextItem
 from domain.use_cases import EmbedInputs, ListModels
 from entrypoints.http.deps import CallerDep, counted, headers_for, metered, use
+from entrypoints.http.errors import OPENAI_TAG
 from entrypoints.http.json_body import StrictJSONRoute
 from entrypoints.http.responses import VectorJSONResponse
 from entrypoints.http.schemas.openai import (
@@ -28,7 +29,7 @@ from entrypoints.http.schemas.openai import (
 
 log = logging.getLogger("entrypoints.http.app")
 
-router = APIRouter(prefix="/v1", route_class=StrictJSONRoute, tags=["openai"])
+router = APIRouter(prefix="/v1", route_class=StrictJSONRoute, tags=[OPENAI_TAG])
 CountedCaller = Annotated[Caller, Depends(counted)]
 
 

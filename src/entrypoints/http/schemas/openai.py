@@ -4,7 +4,6 @@ send and read them, and the error envelope this router answers with."""
 from __future__ import annotations
 
 import base64
-import time
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -24,7 +23,7 @@ from domain.model import EmbedInput, ModelSpec, TokenIds
 from domain.use_cases import EmbeddingResult
 
 OWNER = "embedding-service"
-STARTED = int(time.time())  # `created` of the served models: when this process began serving them
+CREATED = 0  # `created` of a served model: unknown (not when a process started: that differs per worker)
 
 TokenArray = list[StrictInt]
 INPUT_SHAPES = "a string, a list of strings, a list of token ids (integers), or a list of such lists"
@@ -51,8 +50,8 @@ class EmbeddingsRequest(BaseModel):
     )
     model: StrictStr | None = Field(
         None,
+        min_length=1,
         description="the served model's short name or hub id (another -> 404 model_not_found); unset: the served one",
-        json_schema_extra={"minLength": 1},
     )
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="float: lists of numbers; base64: each vector's little-endian float32 bytes"
@@ -139,7 +138,7 @@ def _base64(vector: np.ndarray) -> str:
 
 
 def render_model(spec: ModelSpec) -> dict[str, Any]:
-    return {"id": spec.name, "object": "model", "created": STARTED, "owned_by": OWNER}
+    return {"id": spec.name, "object": "model", "created": CREATED, "owned_by": OWNER}
 
 
 def render_models(specs: list[ModelSpec]) -> dict[str, Any]:
