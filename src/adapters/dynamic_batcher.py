@@ -204,7 +204,8 @@ class DynamicBatchingScheduler:
             raise Overloaded(retry_after_s=self._retry_after(ahead))
         left_s = arrived + self._timeout_s - time.monotonic()
         if rate > 0 and tokens / rate > left_s:  # not even alone: neither waiting nor retrying helps
-            fitting = max(1, int(texts * left_s * self._admit_share * rate / tokens))
+            # what fits in half the deadline: the measured rate is of model calls alone, a request takes longer
+            fitting = max(1, int(texts * left_s * SPLIT_SHARE * rate / tokens))
             raise RequestTooLarge(texts, tokens / rate, self._timeout_s, fitting)
         if not ahead:
             return
@@ -368,6 +369,7 @@ class DynamicBatchingScheduler:
             job.loop.call_soon_threadsafe(_reject, job.future)
 
 
+SPLIT_SHARE = 0.5  # a request too large for its deadline is told how many of its inputs fit in this share of it
 INLINE_COUNT_CHARS = 4096  # tokenizing more than this goes to a thread (32 texts of 300 words take ~15 ms here)
 
 
