@@ -226,3 +226,64 @@ class BackendDisagrees(DomainError):
     @property
     def details(self) -> dict[str, object]:
         return {"backend": self.backend, "min_cosine": self.min_cosine, "required": self.required}
+
+
+class EndpointRefused(DomainError):
+    """A provider endpoint this service will not call (SSRF protection); `rule` names the rule it breaks."""
+
+    def __init__(self, rule: str, detail: str) -> None:
+        super().__init__(f"endpoint refused ({rule}): {detail}")
+        self.rule = rule
+
+    @property
+    def details(self) -> dict[str, object]:
+        return {"rule": self.rule}
+
+
+class ProviderNotFound(DomainError):
+    def __init__(self) -> None:
+        super().__init__("this account has no provider; register one with POST /v1/provider.")
+
+
+class ByokRequired(DomainError):
+    """A free-tier account without a provider, on a service that computes the free tier on the caller's own key."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the free tier embeds with your own provider key: register one with POST /v1/provider "
+            '{"name", "endpoint", "api_key", "request_template", "response_path"}, or upgrade to the paid tier.'
+        )
+
+
+class ProviderRejected(DomainError):
+    """The provider answered 4xx: the request or the key is wrong; its status is passed on, its body never."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"your provider refused the request with HTTP {status}; check its key and request template.")
+        self.status = status
+
+    @property
+    def details(self) -> dict[str, object]:
+        return {"provider_status": self.status}
+
+
+class ProviderBadResponse(DomainError):
+    """The provider's answer held no usable vectors (not JSON, no match, not finite floats of one dimension)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"your provider's answer could not be used: {reason}.")
+
+
+class ProviderUnavailable(DomainError):
+    """The provider kept failing (5xx, 429, connection errors) through the retries, or its circuit is open."""
+
+    def __init__(self, reason: str, retry_after_s: int = 5) -> None:
+        super().__init__(f"your provider is unavailable: {reason}; retry later.")
+        self.retry_after_s = retry_after_s
+
+
+class ProviderTimeout(DomainError):
+    """The provider did not answer in time."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"your provider did not answer within {timeout_s:g} s.")

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import StrEnum
+from urllib.parse import urlsplit
 
 import numpy as np
 import numpy.typing as npt
@@ -148,6 +149,37 @@ class Account:
     email: str  # lowercase
     password_hash: str
     tier: Tier
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """An account's bring-your-own-key embedding provider: where to send texts and how to read vectors back.
+
+    `request_template` is a JSON body holding "$TEXT" (inside a JSON string: one text per call) or $TEXTS (in
+    place of a JSON value: a JSON list of texts, one call per batch); `response_path` is a JSONPath finding one
+    vector per text, or one list of vectors."""
+
+    name: str
+    endpoint: str  # https://host/path, checked against the outbound rules
+    request_template: str
+    response_path: str
+
+    @property
+    def host(self) -> str:
+        """The endpoint's host name (lowercase; never its user info, query or fragment)."""
+        return (urlsplit(self.endpoint).hostname or "").rstrip(".")
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A stored provider: its key encrypted, never the key itself; `key_last4` is what listings show."""
+
+    id: str  # prov_...
+    account_id: str
+    config: ProviderConfig
+    encrypted_key: bytes
+    key_last4: str
     created_at: datetime
 
 

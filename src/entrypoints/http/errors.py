@@ -75,6 +75,13 @@ ERROR_TABLE: dict[type[errors.DomainError], ErrorRow] = {
     errors.CacheUnavailable: ErrorRow(503, "cache_unavailable", _retry_in_5),
     errors.AccountsUnavailable: ErrorRow(503, "accounts_unavailable", _retry_in_5),
     errors.Timeout: ErrorRow(504, "timeout"),
+    errors.EndpointRefused: ErrorRow(400, "endpoint_refused"),
+    errors.ByokRequired: ErrorRow(400, "byok_required"),
+    errors.ProviderNotFound: ErrorRow(404, "not_found"),
+    errors.ProviderRejected: ErrorRow(502, "provider_rejected"),
+    errors.ProviderBadResponse: ErrorRow(502, "provider_bad_response"),
+    errors.ProviderUnavailable: ErrorRow(502, "provider_unavailable", _retry_after),
+    errors.ProviderTimeout: ErrorRow(504, "provider_timeout"),
 }
 
 STATUS_BY_ERROR = {cls: row.status for cls, row in ERROR_TABLE.items()}
