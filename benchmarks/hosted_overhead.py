@@ -18,6 +18,8 @@ import secrets
 import statistics
 import sys
 import tempfile
+
+from cryptography.fernet import Fernet
 import time
 from pathlib import Path
 
@@ -92,6 +94,8 @@ def main() -> None:
     env = {
         "HOSTED": "true",
         "JWT_SECRET": secrets.token_urlsafe(32),
+        "ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "FREE_TIER_COMPUTE": "local",
         "BCRYPT_ROUNDS": "4",
         "DATA_DIR": data_dir,
         "FREE_TIER_DAILY_LIMIT": "100000000",

@@ -24,6 +24,9 @@ from entrypoints.http.protocol import ConnectionLimits, GuardedHttpToolsProtocol
 from entrypoints.settings import Settings
 
 API_KEY = "test-key-0123456789"
+ENCRYPTION_KEY = (
+    "vIrBEqXe8m3R66cffEVqjor9a0zfsHnURMJT9XPIoEY="  # a Fernet key for the providers' keys in hosted-mode tests
+)
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MODEL_ROOT = Path(os.environ.get("MODEL_PATH", "./models")).resolve()
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 from datetime import date, datetime
 
 from domain.errors import EmailTaken, UnknownAccount
-from domain.model import Account, ApiKey, Tier, UsageRecord
+from domain.model import Account, ApiKey, Provider, Tier, UsageRecord
 
 
 class InMemoryAccounts:
@@ -102,3 +102,36 @@ class InMemoryUsageLedger:
     def read(self, account_id: str, since: date) -> list[UsageRecord]:
         with self._s.lock:
             return [r for (owner, day, _), r in self._s.usage.items() if owner == account_id and day >= since]
+
+
+class InMemoryProviderStore:
+    """Each account's one provider, in the process (unit tests)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_account: dict[str, Provider] = {}
+
+    def get(self, account_id: str) -> Provider | None:
+        with self._lock:
+            return self._by_account.get(account_id)
+
+    def put(self, provider: Provider) -> None:
+        with self._lock:
+            self._by_account[provider.account_id] = provider
+
+    def delete(self, account_id: str) -> bool:
+        with self._lock:
+            return self._by_account.pop(account_id, None) is not None
+
+    def all(self) -> list[Provider]:
+        with self._lock:
+            return list(self._by_account.values())
+
+    def replace_keys(self, keys: Mapping[str, bytes]) -> int:
+        with self._lock:
+            written = 0
+            for account, provider in list(self._by_account.items()):
+                if provider.id in keys:
+                    self._by_account[account] = replace(provider, encrypted_key=keys[provider.id])
+                    written += 1
+            return written

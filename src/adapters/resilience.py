@@ -140,8 +140,10 @@ class FailSafeCache:
         finally:
             self._settled = True
 
-    def lookup(self, scope: CacheScope, keys: Sequence[bytes]) -> dict[bytes, Vector]:
-        found = self._run("lookup", lambda: self._store.get(scope, keys, shared_pool=self._shared_pool))
+    def lookup(self, scope: CacheScope, keys: Sequence[bytes], shared_pool: bool = True) -> dict[bytes, Vector]:
+        """The tenant's entries, then the shared pool's when it is read (configured, and `shared_pool`)."""
+        pool = self._shared_pool and shared_pool
+        found = self._run("lookup", lambda: self._store.get(scope, keys, shared_pool=pool))
         return found or {}
 
     def save(self, scope: CacheScope, vectors: Mapping[bytes, Vector]) -> bool:
@@ -151,10 +153,12 @@ class FailSafeCache:
 
         return self._run("store", put) is not None
 
-    async def lookup_in_time(self, scope: CacheScope, keys: Sequence[bytes]) -> dict[bytes, Vector]:
+    async def lookup_in_time(
+        self, scope: CacheScope, keys: Sequence[bytes], shared_pool: bool = True
+    ) -> dict[bytes, Vector]:
         """lookup() in a worker thread, waited for at most `wait_s` (queueing for a thread included). Metrics count
         each key as a hit or a miss (a lookup that failed or was skipped: all misses)."""
-        found = await self._in_time("lookup", self.lookup, scope, keys) or {}
+        found = await self._in_time("lookup", self.lookup, scope, keys, shared_pool) or {}
         if self._metrics.enabled:
             hits = sum(1 for key in keys if key in found)
             self._metrics.cache_lookup(hits, len(keys) - hits)

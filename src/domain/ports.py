@@ -17,6 +17,8 @@ from domain.model import (
     EmbedInput,
     ModelInfo,
     ModelSpec,
+    Provider,
+    ProviderConfig,
     Tier,
     UsageRecord,
     Vector,
@@ -127,8 +129,10 @@ class RequestCache(Protocol):
 
     def start(self) -> None: ...
 
-    async def lookup_in_time(self, scope: CacheScope, keys: Sequence[bytes]) -> dict[bytes, Vector]:
-        """The tenant's own entries, then (when the shared pool is read) the shared pool's."""
+    async def lookup_in_time(
+        self, scope: CacheScope, keys: Sequence[bytes], shared_pool: bool = True
+    ) -> dict[bytes, Vector]:
+        """The tenant's own entries, then (when the shared pool is read, and `shared_pool`) the shared pool's."""
         ...
 
     async def save_in_time(self, scope: CacheScope, vectors: Mapping[bytes, Vector]) -> None: ...
@@ -243,6 +247,54 @@ class TokenIssuer(Protocol):
 
     def subject(self, token: str) -> str | None:
         """The account id of a valid, unexpired token; None for anything else."""
+        ...
+
+
+class ProviderStore(Protocol):
+    """Each account's one bring-your-own-key provider."""
+
+    def get(self, account_id: str) -> Provider | None: ...
+
+    def put(self, provider: Provider) -> None:
+        """Store the account's provider, replacing the one it had."""
+        ...
+
+    def delete(self, account_id: str) -> bool:
+        """Remove the account's provider; False when it had none."""
+        ...
+
+    def all(self) -> list[Provider]: ...
+
+    def replace_keys(self, keys: Mapping[str, bytes]) -> int:
+        """Store new encrypted keys by provider id, all or none; returns how many were written."""
+        ...
+
+
+class SecretBox(Protocol):
+    """Encrypts secrets at rest (provider keys): the first configured key encrypts, every one decrypts."""
+
+    def encrypt(self, plaintext: str) -> bytes: ...
+
+    def decrypt(self, token: bytes) -> str: ...
+
+    def rotate(self, token: bytes) -> bytes:
+        """The token re-encrypted under the first key."""
+        ...
+
+
+class RemoteEmbedder(Protocol):
+    """Calls an account's provider: L2-normalized float32 rows, one per text, in order; raises the Provider*
+    errors (and EndpointRefused for an endpoint the outbound rules refuse)."""
+
+    async def embed(self, config: ProviderConfig, api_key: str, texts: Sequence[str]) -> Vectors: ...
+
+    def identity(self, config: ProviderConfig) -> str:
+        """What decides a provider's numbers, as cache entries and usage name it: its host and its model."""
+        ...
+
+    async def check(self, config: ProviderConfig) -> None:
+        """Refuse, before it is stored, a provider whose endpoint (its URL and the addresses its name resolves to),
+        template or response path cannot work."""
         ...
 
 

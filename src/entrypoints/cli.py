@@ -22,7 +22,7 @@ from adapters.resilience import describe_failure
 from domain.errors import DomainError
 from domain.model import KNOWN_MODELS, SHARED_POOL, Tier, resolve_model
 from domain.ports import EmbeddingCache
-from domain.use_cases import ListAccounts, SetTier, SignUp
+from domain.use_cases import ListAccounts, RotateProviderKeys, SetTier, SignUp
 from entrypoints.container import Container, build_container, use_case
 from entrypoints.settings import LOG_DATEFMT, LOG_FORMAT, ConfigurationError, Settings, check_startup, configure_logging
 
@@ -288,8 +288,24 @@ def _code(result: object) -> int:
     return result if isinstance(result, int) else 1
 
 
-def keygen(_: argparse.Namespace) -> int:
-    print(secrets.token_urlsafe(32))
+def providers_rotate_keys(_: argparse.Namespace) -> int:
+    """Re-encrypt every stored provider key under the first key of ENCRYPTION_KEY."""
+
+    def rotate(container: Container) -> int:
+        report = use_case(container, RotateProviderKeys).execute()
+        print(f"re-encrypted {report.providers} provider keys under the first key of ENCRYPTION_KEY")
+        return 0
+
+    return _code(_accounts_command(rotate))
+
+
+def keygen(args: argparse.Namespace) -> int:
+    if args.fernet:
+        from adapters.secrets import new_fernet_key
+
+        print(new_fernet_key())
+    else:
+        print(secrets.token_urlsafe(32))
     return 0
 
 
@@ -397,7 +413,15 @@ def parser() -> argparse.ArgumentParser:
     list_cmd = accounts_cmd.add_parser("list", help="id, email, tier and creation time of every account")
     list_cmd.set_defaults(func=accounts_list)
 
-    keygen_cmd = commands.add_parser("keygen", help="print a new random API key")
+    providers = commands.add_parser("providers", help="hosted-mode bring-your-own-key providers")
+    providers_cmd = providers.add_subparsers(dest="providers_command", required=True)
+    rotate_cmd = providers_cmd.add_parser(
+        "rotate-keys", help="re-encrypt every stored provider key under the first key of ENCRYPTION_KEY"
+    )
+    rotate_cmd.set_defaults(func=providers_rotate_keys)
+
+    keygen_cmd = commands.add_parser("keygen", help="print a new random API key (or JWT_SECRET)")
+    keygen_cmd.add_argument("--fernet", action="store_true", help="a Fernet key for ENCRYPTION_KEY instead")
     keygen_cmd.set_defaults(func=keygen)
     env_cmd = commands.add_parser("ensure-env-key", help="make sure the env file holds an API key (dev setup)")
     env_cmd.add_argument("--env-file", default=".env")

@@ -22,18 +22,29 @@ from adapters.resilience import FailoverRateLimiter, FailSafeCache
 from adapters.sentence_transformer_loader import SentenceTransformerLoader
 from adapters.usage_buffer import BufferedUsageRecorder, NoUsageRecorder
 from domain.model import Limits, Tier, resolve_model
-from domain.ports import AccountStore, ApiKeyStore, EmbeddingCache, RateLimiter, UsageLedger
+from domain.ports import (
+    AccountStore,
+    ApiKeyStore,
+    EmbeddingCache,
+    ProviderStore,
+    RateLimiter,
+    RemoteEmbedder,
+    SecretBox,
+    UsageLedger,
+)
 from domain.services import ModelHost
 from domain.use_cases import (
     AuthenticateAccount,
     AuthenticateCaller,
     CreateKey,
+    DeleteProvider,
     EmbedBatch,
     EmbedInputs,
     EmbedOne,
     GetCacheStats,
     GetHealth,
     GetMetadata,
+    GetProvider,
     GetUsage,
     ListAccounts,
     ListKeys,
@@ -42,12 +53,15 @@ from domain.use_cases import (
     LoginThrottle,
     MeterRequests,
     RevokeKey,
+    RotateProviderKeys,
     SeedCache,
+    SetProvider,
     SetTier,
     SignUp,
     TierLimits,
 )
-from entrypoints.settings import Settings
+from domain.use_cases.embedding import ByokRouting
+from entrypoints.settings import ConfigurationError, Settings
 
 T = TypeVar("T")
 
@@ -91,12 +105,49 @@ def postgres_cache(url: str, timeout_s: float) -> EmbeddingCache:
     return PostgresEmbeddingCache(url, timeout_s=timeout_s)
 
 
-def sql_stores(database: Any) -> tuple[AccountStore, ApiKeyStore, UsageLedger]:
+def sql_stores(database: Any) -> tuple[AccountStore, ApiKeyStore, UsageLedger, ProviderStore]:
     from adapters.resilience import OutageLog
-    from adapters.sql.accounts import SqlAccountStore, SqlApiKeyStore, SqlUsageLedger
+    from adapters.sql.accounts import SqlAccountStore, SqlApiKeyStore, SqlProviderStore, SqlUsageLedger
 
     outage = OutageLog("account database")  # one warning per outage of the database, whichever store saw it
-    return SqlAccountStore(database, outage), SqlApiKeyStore(database, outage), SqlUsageLedger(database, outage)
+    return (
+        SqlAccountStore(database, outage),
+        SqlApiKeyStore(database, outage),
+        SqlUsageLedger(database, outage),
+        SqlProviderStore(database, outage),
+    )
+
+
+def outbound_policy(
+    hosts: tuple[frozenset[str], frozenset[str]], connect_s: float, read_s: float, max_bytes: int
+) -> Any:
+    from adapters.outbound import OutboundPolicy
+
+    allowed, private = hosts
+    try:
+        return OutboundPolicy(
+            allowed_hosts=allowed,
+            private_hosts=private,
+            connect_timeout_s=connect_s,
+            read_timeout_s=read_s,
+            max_response_bytes=max_bytes,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"BYOK_ALLOWED_HOSTS / BYOK_ALLOW_PRIVATE_HOSTS: {exc}") from None
+
+
+def remote_embedder(policy: Any, max_batch: int) -> RemoteEmbedder:
+    from adapters.providers import remote_providers
+
+    return remote_providers(policy, max_batch)
+
+
+def secret_box(keys: str | None) -> SecretBox:
+    from adapters.secrets import FernetSecretBox
+
+    if not keys:
+        raise ConfigurationError("provider keys need ENCRYPTION_KEY (`embedding-service keygen --fernet`)")
+    return FernetSecretBox(keys)
 
 
 def rate_limiter(url: str | None, retry_after_s: float) -> RateLimiter:
@@ -205,6 +256,16 @@ class Container(containers.DeclarativeContainer):
     stores = providers.Singleton(sql_stores, database)
     accounts = providers.Callable(lambda stores: stores[0], stores)
     api_keys = providers.Callable(lambda stores: stores[1], stores)
+    provider_store = providers.Callable(lambda stores: stores[3], stores)
+    box = providers.Singleton(secret_box, providers.Callable(secret, config.encryption_key))
+    outbound = providers.Singleton(
+        outbound_policy,
+        config.byok_hosts,
+        config.provider_connect_timeout_seconds,
+        config.provider_timeout_seconds,
+        config.provider_max_response_bytes,
+    )
+    remote = providers.Singleton(remote_embedder, outbound, config.provider_max_batch)
     usage = providers.Selector(
         config.accounts,
         none=providers.Singleton(NoUsageRecorder),
@@ -231,9 +292,14 @@ class Container(containers.DeclarativeContainer):
         config.paid_tier_per_minute,
     )
 
-    embed_one = providers.Factory(EmbedOne, host, scheduler, limits, cache, usage)
-    embed_batch = providers.Factory(EmbedBatch, host, scheduler, limits, cache, usage)
-    embed_inputs = providers.Factory(EmbedInputs, host, scheduler, openai_limits, cache, usage)
+    byok = providers.Selector(
+        config.accounts,
+        none=providers.Object(None),
+        sql=providers.Singleton(ByokRouting, provider_store, box, remote, config.free_tier_compute),
+    )
+    embed_one = providers.Factory(EmbedOne, host, scheduler, limits, cache, usage, byok)
+    embed_batch = providers.Factory(EmbedBatch, host, scheduler, limits, cache, usage, byok)
+    embed_inputs = providers.Factory(EmbedInputs, host, scheduler, openai_limits, cache, usage, byok)
     list_models = providers.Factory(ListModels, host)
     get_health = providers.Factory(GetHealth, host, cache)
     get_metadata = providers.Factory(GetMetadata, host, limits)
@@ -261,6 +327,10 @@ class Container(containers.DeclarativeContainer):
     revoke_key = providers.Factory(RevokeKey, api_keys)
     set_tier = providers.Factory(SetTier, accounts)
     list_accounts = providers.Factory(ListAccounts, accounts)
+    register_provider = providers.Factory(SetProvider, provider_store, box, remote)
+    get_provider = providers.Factory(GetProvider, provider_store)
+    delete_provider = providers.Factory(DeleteProvider, provider_store)
+    rotate_provider_keys = providers.Factory(RotateProviderKeys, provider_store, box)
 
 
 _PROVIDER_OF: dict[type, str] = {}
@@ -295,6 +365,7 @@ def build_container(settings: Settings) -> Container:
             "database": {"kind": plan.kind, "url": plan.url, "cache": plan.cache, "cache_url": plan.cache_url},
             "accounts": "sql" if settings.hosted else "none",
             "metrics": "prometheus" if settings.metrics_enabled else "none",
+            "byok_hosts": settings.byok_hosts(),
         }
     )
     return container

@@ -101,6 +101,24 @@ class Settings(BaseSettings):
     bcrypt_rounds: int = Field(12, ge=4, le=31, description="cost of password hashes (2^rounds)")
     usage_flush_seconds: float = Field(2.0, gt=0, description="usage is written this often (lost on a crash: this)")
 
+    encryption_key: SecretStr | None = Field(
+        None, description="hosted mode (required): comma-separated Fernet keys for provider keys; the first encrypts"
+    )
+    free_tier_compute: Literal["byok", "local"] = Field(
+        "byok", description="hosted mode: the free tier embeds on the account's own provider (byok) or this server"
+    )
+    byok_allowed_hosts: str = Field(
+        "api.openai.com,api.cohere.ai,api.voyageai.com,api.mistral.ai,api.together.xyz",
+        description="comma-separated host names a provider endpoint may name (https only)",
+    )
+    byok_allow_private_hosts: str = Field(
+        "", description="comma-separated internal host names allowed although they resolve to private addresses"
+    )
+    provider_max_batch: int = Field(96, gt=0, description="texts per outbound call to a provider taking $TEXTS")
+    provider_connect_timeout_seconds: float = Field(5.0, gt=0, description="connecting to a provider")
+    provider_timeout_seconds: float = Field(30.0, gt=0, description="waiting for a provider's answer, per call")
+    provider_max_response_bytes: int = Field(8_388_608, gt=0, description="largest provider answer read")
+
     hf_endpoint: str | None = None
     hf_token: SecretStr | None = None
     hf_hub_offline: bool = False
@@ -148,7 +166,23 @@ class Settings(BaseSettings):
             secret = self.jwt_secret.get_secret_value().encode() if self.jwt_secret else b""
             if len(secret) < 32:
                 raise ValueError("HOSTED=true needs JWT_SECRET of at least 32 bytes (e.g. `embedding-service keygen`)")
+            if self.encryption_key is None or not self.encryption_key.get_secret_value().strip():
+                raise ValueError(
+                    "HOSTED=true needs ENCRYPTION_KEY: one or more comma-separated Fernet keys for the providers' "
+                    "keys (e.g. `embedding-service keygen --fernet`)"
+                )
+            from adapters.secrets import FernetSecretBox
+
+            FernetSecretBox(self.encryption_key.get_secret_value())  # a malformed key: refused now, named
         return self
+
+    def byok_hosts(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The allowed provider hosts, and the internal ones allowed to resolve to private addresses."""
+
+        def names(value: str) -> frozenset[str]:
+            return frozenset(part.strip().lower().rstrip(".") for part in value.split(",") if part.strip())
+
+        return names(self.byok_allowed_hosts), names(self.byok_allow_private_hosts)
 
     def database(self) -> DatabasePlan:
         """Where the service's one database is, and whether the embedding cache lives in it."""

@@ -11,7 +11,7 @@ import pytest
 
 from adapters.memory_accounts import InMemoryAccounts, InMemoryAccountStore, InMemoryApiKeyStore, InMemoryUsageLedger
 from domain.errors import EmailTaken, UnknownAccount
-from domain.model import Account, ApiKey, Tier, UsageRecord
+from domain.model import Account, ApiKey, Provider, ProviderConfig, Tier, UsageRecord
 from tests.support import postgres_database
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -89,3 +89,65 @@ def test_usage_adds_up_per_account_day_and_model(stores: tuple[Any, Any, Any]) -
     rows = sorted(usage.read("usr_1", yesterday), key=lambda r: r.day)
     assert rows == [UsageRecord("usr_1", yesterday, "m", requests=7), one.plus(one)]
     assert usage.read("usr_1", today) == [one.plus(one)]
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def with_providers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, Any]]:
+    """An account store and the provider store beside it."""
+    if request.param == "memory":
+        from adapters.memory_accounts import InMemoryProviderStore
+
+        yield InMemoryAccountStore(InMemoryAccounts()), InMemoryProviderStore()
+        return
+    from adapters.sql.accounts import SqlAccountStore, SqlProviderStore
+    from adapters.sql.database import PostgresDatabase, SqliteDatabase
+
+    with postgres_database() as url:
+        database = SqliteDatabase(tmp_path / "db.sqlite3") if request.param == "sqlite" else PostgresDatabase(url)
+        database.prepare()
+        yield SqlAccountStore(database), SqlProviderStore(database)
+        database.close()
+
+
+def provider(n: int, account_id: str = "usr_1") -> Provider:
+    config = ProviderConfig(
+        name=f"openai-{n}",
+        endpoint="https://api.openai.com/v1/embeddings",
+        request_template='{"model": "text-embedding-3-small", "input": $TEXTS}',
+        response_path="$.data[*].embedding",
+    )
+    return Provider(
+        id=f"prov_{n}",
+        account_id=account_id,
+        config=config,
+        encrypted_key=bytes([n]) * 40,
+        key_last4="abcd",
+        created_at=NOW,
+    )
+
+
+def test_each_account_has_one_provider_replaced_whole_and_removed(with_providers: tuple[Any, Any]) -> None:
+    account_store, store = with_providers
+    account_store.add(account(1), key(1))
+    account_store.add(account(2, "grace@example.com"), key(2, "usr_2"))
+    assert store.get("usr_1") is None
+    store.put(provider(1))
+    store.put(provider(2, "usr_2"))
+    assert store.get("usr_1") == provider(1)
+    store.put(provider(3))  # a second POST replaces the first
+    assert store.get("usr_1") == provider(3)
+    assert sorted(p.id for p in store.all()) == ["prov_2", "prov_3"]
+    assert store.delete("usr_1") is True
+    assert store.delete("usr_1") is False
+    assert store.get("usr_1") is None and store.get("usr_2") == provider(2, "usr_2")
+
+
+def test_rotated_keys_are_written_together(with_providers: tuple[Any, Any]) -> None:
+    account_store, store = with_providers
+    account_store.add(account(1), key(1))
+    account_store.add(account(2, "grace@example.com"), key(2, "usr_2"))
+    store.put(provider(1))
+    store.put(provider(2, "usr_2"))
+    assert store.replace_keys({"prov_1": b"new-1", "prov_2": b"new-2"}) == 2
+    assert {p.id: p.encrypted_key for p in store.all()} == {"prov_1": b"new-1", "prov_2": b"new-2"}
+    assert store.replace_keys({}) == 0

@@ -25,7 +25,7 @@ from domain.model import Tier
 from entrypoints import cli
 from entrypoints.http.app import create_app
 from entrypoints.settings import Settings
-from tests.support import API_KEY, TcpProxy, fake_settings, free_port, postgres_database, wait_ready
+from tests.support import API_KEY, ENCRYPTION_KEY, TcpProxy, fake_settings, free_port, postgres_database, wait_ready
 
 SECRET = "test-secret-" + "x" * 40
 PASSWORD = "correct horse battery"
@@ -35,6 +35,8 @@ def hosted_settings(tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "hosted": True,
         "jwt_secret": SECRET,
+        "encryption_key": ENCRYPTION_KEY,
+        "free_tier_compute": "local",
         "bcrypt_rounds": 4,
         "data_dir": tmp_path / "data",
         "embedding_api_key": None,
@@ -374,6 +376,7 @@ def test_hosted_mode_refuses_several_workers_without_redis(tmp_path: Path, monke
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOSTED", "true")
     monkeypatch.setenv("JWT_SECRET", SECRET)
+    monkeypatch.setenv("ENCRYPTION_KEY", ENCRYPTION_KEY)
     monkeypatch.setenv("EMBEDDER_BACKEND", "fake")
     monkeypatch.delenv("REDIS_URL", raising=False)
     assert cli.main(["serve", "--workers", "2", "--port", str(free_port())]) == 2
@@ -385,6 +388,7 @@ def test_operators_manage_accounts_from_the_cli(
     for name, value in {
         "HOSTED": "true",
         "JWT_SECRET": SECRET,
+        "ENCRYPTION_KEY": ENCRYPTION_KEY,
         "DATA_DIR": str(tmp_path / "data"),
         "BCRYPT_ROUNDS": "4",
         "SIGNUP_ENABLED": "false",

@@ -41,6 +41,7 @@ def test_migrations_match_the_tables_the_adapter_uses(backend: str, tmp_path: Pa
             "embedding_accounts",
             "embedding_api_keys",
             "embedding_usage_daily",
+            "embedding_providers",
             VERSION_TABLE,
         }
         assert differences(cache) == []

@@ -28,7 +28,15 @@ import redis
 import yaml
 
 from adapters.model_provisioning import pip_download
-from tests.support import API_KEY, MODEL_ROOT, POSTGRES_ADMIN_URL, free_port, postgres_database, wait_http_ready
+from tests.support import (
+    API_KEY,
+    ENCRYPTION_KEY,
+    MODEL_ROOT,
+    POSTGRES_ADMIN_URL,
+    free_port,
+    postgres_database,
+    wait_http_ready,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache"
@@ -311,8 +319,9 @@ def hosted_local_environment(definition: dict[str, Any], database_url: str) -> d
     compose_redis = urlsplit(environment["REDIS_URL"])
     assert compose_redis.hostname == "redis"
     environment["REDIS_URL"] = compose_redis._replace(netloc="{}:{}".format(*LOCAL_REDIS)).geturl()
-    assert "JWT_SECRET" not in environment
+    assert "JWT_SECRET" not in environment and "ENCRYPTION_KEY" not in environment  # from env_file
     environment |= {"JWT_SECRET": "compose-test-jwt-secret-0123456789abcdef", "MODEL_PATH": str(MODEL_ROOT)}
+    environment |= {"ENCRYPTION_KEY": ENCRYPTION_KEY, "FREE_TIER_COMPUTE": "local"}
     environment |= {"EMBEDDER_BACKEND": "fake", "BCRYPT_ROUNDS": "4"}
     assert len(environment["JWT_SECRET"]) == 40
     return environment

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 
 from domain.api_keys import looks_like_account_key, new_api_key, well_formed
 from entrypoints.http.app import create_app
-from tests.support import API_KEY, TcpProxy, fake_settings, postgres_database, wait_ready
+from tests.support import API_KEY, ENCRYPTION_KEY, TcpProxy, fake_settings, postgres_database, wait_ready
 
 JWT_SECRET = "contract-test-jwt-secret-0123456789abcdef"
 PASSWORD = "correct horse battery staple"
@@ -58,7 +58,14 @@ CLIENT_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2")
 
 @contextmanager
 def hosted_client(**overrides: Any) -> Iterator[TestClient]:
-    settings = fake_settings(hosted=True, jwt_secret=JWT_SECRET, bcrypt_rounds=4, **overrides)
+    settings = fake_settings(
+        hosted=True,
+        jwt_secret=JWT_SECRET,
+        encryption_key=ENCRYPTION_KEY,
+        free_tier_compute="local",
+        bcrypt_rounds=4,
+        **overrides,
+    )
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
         yield client

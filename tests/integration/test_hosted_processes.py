@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
+from tests.support import ENCRYPTION_KEY, postgres_database
 from tests.support import ServerProcess as Server
-from tests.support import postgres_database
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 JWT_SECRET = "integration-test-jwt-secret-0123456789abcdef"
@@ -26,6 +26,8 @@ def hosted_env(database_url: str, **overrides: str) -> dict[str, str]:
     return {
         "HOSTED": "true",
         "JWT_SECRET": JWT_SECRET,
+        "ENCRYPTION_KEY": ENCRYPTION_KEY,
+        "FREE_TIER_COMPUTE": "local",
         "DATABASE_URL": database_url,
         "REDIS_URL": REDIS_URL,
         "BCRYPT_ROUNDS": "4",

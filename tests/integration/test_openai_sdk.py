@@ -24,7 +24,7 @@ from tokenizers import Tokenizer
 
 from domain.model import KNOWN_MODELS
 from tests.fake_hub import serve_fake_hub
-from tests.support import API_KEY, AUTH, MODEL_ROOT, ServerProcess, TcpProxy, model_dir
+from tests.support import API_KEY, AUTH, ENCRYPTION_KEY, MODEL_ROOT, ServerProcess, TcpProxy, model_dir
 
 pytestmark = pytest.mark.integration
 
@@ -88,6 +88,8 @@ def hosted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env = minilm_env(
         HOSTED="true",
         JWT_SECRET=JWT_SECRET,
+        ENCRYPTION_KEY=ENCRYPTION_KEY,
+        FREE_TIER_COMPUTE="local",
         DATA_DIR=str(folder / "data"),
         BCRYPT_ROUNDS="4",
         FREE_TIER_PER_MINUTE="1",

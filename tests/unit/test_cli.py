@@ -40,3 +40,13 @@ def test_env_with_a_peoplepad_key_is_left_alone(tmp_path: Path) -> None:
     env.write_text("PEOPLEPAD_CLIENT_KEY=already-set\n")
     assert main(["ensure-env-key", "--env-file", str(env)]) == 0
     assert env.read_text() == "PEOPLEPAD_CLIENT_KEY=already-set\n"
+
+
+def test_keygen_makes_api_keys_and_fernet_keys_for_encryption_key(capsys: pytest.CaptureFixture[str]) -> None:
+    from cryptography.fernet import Fernet
+
+    assert main(["keygen"]) == 0
+    assert len(capsys.readouterr().out.strip()) >= 43  # 32 random bytes, url-safe
+    assert main(["keygen", "--fernet"]) == 0
+    key = capsys.readouterr().out.strip()
+    assert Fernet(key.encode()).decrypt(Fernet(key.encode()).encrypt(b"x")) == b"x"

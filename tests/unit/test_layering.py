@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import ENCRYPTION_KEY
+
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
@@ -109,7 +111,8 @@ def test_redis_bcrypt_and_jwt_load_only_for_the_hosted_mode(tmp_path: Path) -> N
     import sys
 
     def loaded(hosted: bool) -> str:
-        extra = f", hosted=True, jwt_secret='{'s' * 40}', redis_url='redis://127.0.0.1:6379/0'" if hosted else ""
+        secrets = f"jwt_secret='{'s' * 40}', encryption_key='{ENCRYPTION_KEY}'"
+        extra = f", hosted=True, {secrets}, redis_url='redis://127.0.0.1:6379/0'" if hosted else ""
         code = (
             "import sys; from fastapi.testclient import TestClient; from entrypoints.http.app import create_app;"
             "from entrypoints.settings import Settings;"

@@ -15,10 +15,10 @@ from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from adapters.resilience import OutageLog
 from adapters.sql.database import SqlDatabase
-from adapters.sql.tables import accounts, api_keys, usage
+from adapters.sql.tables import accounts, api_keys, providers, usage
 from adapters.sql_deadlines import DeadlineExceeded
 from domain.errors import AccountsUnavailable, EmailTaken, InvalidInput, UnknownAccount
-from domain.model import Account, ApiKey, Tier, UsageRecord
+from domain.model import Account, ApiKey, Provider, ProviderConfig, Tier, UsageRecord
 
 log = logging.getLogger(__name__)
 
@@ -251,3 +251,62 @@ class SqlUsageLedger(_SqlStore):
             )
             for m in (row._mapping for row in rows)
         ]
+
+
+def _provider(m: Mapping[Any, Any]) -> Provider:
+    return Provider(
+        id=m["id"],
+        account_id=m["account_id"],
+        config=ProviderConfig(
+            name=m["name"],
+            endpoint=m["endpoint"],
+            request_template=m["request_template"],
+            response_path=m["response_path"],
+        ),
+        encrypted_key=bytes(m["encrypted_key"]),
+        key_last4=m["key_last4"],
+        created_at=_aware(m["created_at"]) or m["created_at"],
+    )
+
+
+class SqlProviderStore(_SqlStore):
+    """Each account's one provider: a row keyed by the account, replaced whole by a second POST."""
+
+    def get(self, account_id: str) -> Provider | None:
+        with self._transaction("provider lookup", read_only=True) as connection:
+            row = connection.execute(select(providers).where(providers.c.account_id == account_id)).first()
+        return _provider(row._mapping) if row is not None else None
+
+    def put(self, provider: Provider) -> None:
+        values = {
+            "account_id": provider.account_id,
+            "id": provider.id,
+            "name": provider.config.name,
+            "endpoint": provider.config.endpoint,
+            "request_template": provider.config.request_template,
+            "response_path": provider.config.response_path,
+            "encrypted_key": provider.encrypted_key,
+            "key_last4": provider.key_last4,
+            "created_at": provider.created_at,
+        }
+        with self._transaction("provider update") as connection:
+            connection.execute(providers.delete().where(providers.c.account_id == provider.account_id))
+            connection.execute(providers.insert().values(**values))
+
+    def delete(self, account_id: str) -> bool:
+        with self._transaction("provider removal") as connection:
+            return connection.execute(providers.delete().where(providers.c.account_id == account_id)).rowcount > 0
+
+    def all(self) -> list[Provider]:
+        with self._transaction("provider listing", read_only=True, from_caller=False) as connection:
+            return [_provider(row._mapping) for row in connection.execute(select(providers))]
+
+    def replace_keys(self, keys: Mapping[str, bytes]) -> int:
+        if not keys:
+            return 0
+        statement = (
+            update(providers).where(providers.c.id == bindparam("provider_id")).values(encrypted_key=bindparam("key"))
+        )
+        with self._transaction("provider key rotation", from_caller=False) as connection:
+            result = connection.execute(statement, [{"provider_id": pid, "key": key} for pid, key in keys.items()])
+        return int(result.rowcount)

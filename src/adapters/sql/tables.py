@@ -1,5 +1,6 @@
 """Every table of the service's one SQL database, as SQLAlchemy Core metadata (the Alembic migrations in
-adapters/sql/migrations create and upgrade them): the embedding cache, accounts, API keys and the usage ledger."""
+adapters/sql/migrations create and upgrade them): the embedding cache, accounts, API keys, the usage ledger and the
+accounts' bring-your-own-key providers."""
 
 from __future__ import annotations
 
@@ -80,4 +81,18 @@ usage = Table(
     Column("cache_hits", BigInteger, nullable=False, server_default="0"),
     Column("cache_misses", BigInteger, nullable=False, server_default="0"),
     Column("compute_ms", Float, nullable=False, server_default="0"),
+)
+
+providers = Table(
+    "embedding_providers",
+    metadata,
+    Column("account_id", String(40), ForeignKey("embedding_accounts.id", ondelete="CASCADE"), primary_key=True),
+    Column("id", String(40), nullable=False, unique=True),
+    Column("name", String(100), nullable=False),
+    Column("endpoint", String(2048), nullable=False),
+    Column("request_template", String(16384), nullable=False),
+    Column("response_path", String(1024), nullable=False),
+    Column("encrypted_key", LargeBinary, nullable=False),  # Fernet token: the key itself is never stored
+    Column("key_last4", String(4), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )

@@ -14,6 +14,13 @@ from domain.use_cases.cache import CacheReport, GetCacheStats, SeedCache, SeedRe
 from domain.use_cases.embedding import EmbedBatch, EmbeddingResult, EmbedInputs, EmbedOne, unpaired_surrogate
 from domain.use_cases.keys import ANONYMOUS, AuthenticateCaller, CreateKey, ListKeys, RevokeKey
 from domain.use_cases.operations import GetHealth, GetMetadata, HealthReport, ListModels
+from domain.use_cases.providers import (
+    DeleteProvider,
+    GetProvider,
+    RotateProviderKeys,
+    RotationReport,
+    SetProvider,
+)
 from domain.use_cases.usage import GetUsage, Metered, MeterRequests, TierLimits, UsageReport
 
 __all__ = [
@@ -22,6 +29,7 @@ __all__ = [
     "AuthenticateCaller",
     "CacheReport",
     "CreateKey",
+    "DeleteProvider",
     "EmbedBatch",
     "EmbedInputs",
     "EmbedOne",
@@ -29,6 +37,7 @@ __all__ = [
     "GetCacheStats",
     "GetHealth",
     "GetMetadata",
+    "GetProvider",
     "GetUsage",
     "HealthReport",
     "ListAccounts",
@@ -40,8 +49,11 @@ __all__ = [
     "Metered",
     "NewAccount",
     "RevokeKey",
+    "RotateProviderKeys",
+    "RotationReport",
     "SeedCache",
     "SeedReport",
+    "SetProvider",
     "SetTier",
     "SignUp",
     "TierLimits",

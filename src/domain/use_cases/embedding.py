@@ -13,9 +13,11 @@ import numpy as np
 
 from domain.errors import (
     BatchTooLarge,
+    ByokRequired,
     InputTooLong,
     InvalidInput,
     ModelNotReady,
+    ProviderUnavailable,
     UnknownModel,
     UnsupportedDimensions,
     UnsupportedEncodingFormat,
@@ -29,13 +31,24 @@ from domain.model import (
     Limits,
     ModelInfo,
     ModelSpec,
+    Provider,
     TextItem,
+    TextKeyRule,
+    Tier,
     TokenIds,
     UsageRecord,
     Vector,
 )
-from domain.ports import Embedder, InferenceScheduler, RequestCache, UsageRecorder
-from domain.services import ModelHost, input_key
+from domain.ports import (
+    Embedder,
+    InferenceScheduler,
+    ProviderStore,
+    RemoteEmbedder,
+    RequestCache,
+    SecretBox,
+    UsageRecorder,
+)
+from domain.services import ModelHost, input_key, text_key
 from domain.use_cases.keys import ANONYMOUS
 
 log = logging.getLogger(__name__)
@@ -51,10 +64,35 @@ class EmbeddingResult:
     cache_used: bool = False  # False: no cache configured, so `cached` says nothing
     compute_ms: float = 0.0  # time in the model's queue and calls (0 when every text came from the cache)
     tokens: int | None = None  # tokens of the inputs in a model call (after truncation); None: not counted
+    source: str = "local"  # what computed the texts the cache did not hold: local (this server's model) or provider
 
     @property
     def cache_hits(self) -> list[int]:
         return [item.index for item in self.items if item.cached]
+
+    @property
+    def served_by(self) -> str:
+        """cache (every input came from it), local or provider."""
+        return "cache" if self.items and all(item.cached for item in self.items) else self.source
+
+
+@dataclass(frozen=True)
+class ByokRouting:
+    """Hosted mode: a free-tier account's texts are computed by its own provider (bring your own key) unless the
+    operator serves the free tier locally (FREE_TIER_COMPUTE=local); paid accounts and static keys use this
+    server's model."""
+
+    providers: ProviderStore
+    box: SecretBox
+    remote: RemoteEmbedder
+    free_tier_compute: str = "byok"
+
+    def applies_to(self, caller: Caller) -> bool:
+        return caller.account_id is not None and caller.tier is Tier.FREE and self.free_tier_compute == "byok"
+
+
+PROVIDER_VARIANT = "provider/float32-l2"  # provider vectors, L2-normalized here
+VERBATIM = TextKeyRule()  # a provider's tokenizer is unknown: its texts are keyed as sent
 
 
 INLINE_TOKEN_COUNT_CHARS = 4096  # counting tokens of shorter requests costs less than a thread hop
@@ -68,15 +106,30 @@ class _EmbedTexts:
         limits: Limits,
         cache: RequestCache,
         usage: UsageRecorder | None = None,
+        byok: ByokRouting | None = None,
     ) -> None:
         self._host = host
         self._scheduler = scheduler
         self._limits = limits
         self._cache = cache
         self._usage = usage
+        self._byok = byok
 
-    def check(self, items: Sequence[TextItem], model: str | None = None, encoding_format: str = "float") -> None:
+    def _remote(self, caller: Caller | None) -> bool:
+        return self._byok is not None and caller is not None and self._byok.applies_to(caller)
+
+    def check(
+        self,
+        items: Sequence[TextItem],
+        model: str | None = None,
+        encoding_format: str = "float",
+        caller: Caller | None = None,
+    ) -> None:
         """Raise what `execute` would raise for these inputs before any work (a caller's quota is checked after)."""
+        if self._remote(caller):
+            self._validate(items, None, encoding_format)
+            _texts_only(items)
+            return
         self._validate(items, model, encoding_format)
         try:
             embedder = self._host.embedder()
@@ -122,6 +175,11 @@ class _EmbedTexts:
         arrived = time.monotonic()  # the deadline counts from here, cache lookup included
         metered = caller.metered and self._usage is not None
         day = datetime.now(UTC).date() if metered else None  # usage: the UTC day it arrived on, as its quota
+        if self._remote(caller):
+            result = await self._embed_remote(items, encoding_format, caller, count_tokens)
+            if day is not None:
+                self._record(caller, [item.text for item in items], result, day)
+            return result
         spec = self._validate(items, model, encoding_format)
         embedder = self._host.embedder()
         _check_token_ids(items, embedder)
@@ -152,6 +210,67 @@ class _EmbedTexts:
         if day is not None:
             self._record(caller, texts, result, day)
         return result
+
+    async def _embed_remote(
+        self, items: Sequence[TextItem], encoding_format: str, caller: Caller, count_tokens: bool
+    ) -> EmbeddingResult:
+        """The caller's own provider computes what the caller's cache does not hold (never the shared pool: its
+        entries are another provider's, or this server's); its vectors are cached under the provider's identity."""
+        assert self._byok is not None and caller.account_id is not None
+        self._validate(items, None, encoding_format)
+        _texts_only(items)
+        provider = await asyncio.to_thread(self._byok.providers.get, caller.account_id)
+        if provider is None:
+            raise ByokRequired()
+        identity = self._byok.remote.identity(provider.config)
+        texts = [str(item.text) for item in items]
+        keys = [text_key(VERBATIM, text) for text in texts]
+        first_text: dict[bytes, str] = {}
+        for key, text in zip(keys, texts, strict=True):
+            first_text.setdefault(key, text)
+        scope = CacheScope(caller.tenant, f"provider:{identity}", PROVIDER_VARIANT)
+        found: dict[bytes, Vector] = {}
+        if self._cache.enabled:
+            looked_up = await self._cache.lookup_in_time(scope, list(first_text), shared_pool=False)
+            found = {key: v for key, v in looked_up.items() if v.ndim == 1 and bool(np.isfinite(v).all())}
+        if len({v.shape for v in found.values()}) > 1:  # rows of two dimensions: the provider's model changed
+            found = {}
+        missing = [key for key in first_text if key not in found]
+        compute_s = 0.0
+        if missing:
+            started = time.monotonic()
+            api_key = self._decrypt(provider)
+            vectors = await self._byok.remote.embed(provider.config, api_key, [first_text[key] for key in missing])
+            if any(v.shape != (vectors.shape[1],) for v in found.values()):  # it answers in another dimension now
+                missing, found = list(first_text), {}
+                vectors = await self._byok.remote.embed(provider.config, api_key, list(first_text.values()))
+            compute_s = time.monotonic() - started
+            fresh = dict(zip(missing, vectors, strict=True))
+            if self._cache.enabled:
+                await self._cache.save_in_time(scope, fresh)
+            found = {**found, **fresh}
+        computed = set(missing)
+        dimension = next(iter(found.values())).shape[0]
+        return EmbeddingResult(
+            model=identity,
+            items=[
+                EmbeddedItem(id=item.id, index=i, embedding=found[key], cached=key not in computed)
+                for i, (item, key) in enumerate(zip(items, keys, strict=True))
+            ],
+            dimensions=dimension,
+            cache_used=self._cache.enabled,
+            compute_ms=compute_s * 1000,
+            tokens=0 if count_tokens else None,  # a provider's tokens are its own; none are counted here
+            source="provider",
+        )
+
+    def _decrypt(self, provider: Provider) -> str:
+        assert self._byok is not None
+        try:
+            return self._byok.box.decrypt(provider.encrypted_key)
+        except ValueError:  # ENCRYPTION_KEY lost the key it was encrypted with (dropped before rotate-keys)
+            log.error("the key of provider %s cannot be decrypted with ENCRYPTION_KEY", provider.id)
+            raise ProviderUnavailable("its stored key cannot be decrypted here; register the provider again") from None
 
     def _record(self, caller: Caller, texts: Sequence[EmbedInput], result: EmbeddingResult, day: date) -> None:
         """One request's usage into the (buffered) ledger: texts, tokens, hits and misses per text, compute time."""
@@ -201,6 +320,11 @@ async def _count_tokens(embedder: Embedder, texts: Sequence[EmbedInput]) -> int:
     if sum(map(len, texts)) <= INLINE_TOKEN_COUNT_CHARS:
         return sum(embedder.token_counts(texts))
     return sum(await asyncio.to_thread(embedder.token_counts, texts))
+
+
+def _texts_only(items: Sequence[TextItem]) -> None:
+    if any(isinstance(item.text, TokenIds) for item in items):
+        raise InvalidInput("token ids are ids of this server's model; your provider takes texts: send texts.")
 
 
 def _check_token_ids(items: Sequence[TextItem], embedder: Embedder) -> None:
@@ -273,9 +397,15 @@ class EmbedBatch(_EmbedTexts):
         self._unique_ids(items)
         return await self._embed(items, model, encoding_format, caller, public)
 
-    def check(self, items: Sequence[TextItem], model: str | None = None, encoding_format: str = "float") -> None:
+    def check(
+        self,
+        items: Sequence[TextItem],
+        model: str | None = None,
+        encoding_format: str = "float",
+        caller: Caller | None = None,
+    ) -> None:
         self._unique_ids(items)
-        super().check(items, model, encoding_format)
+        super().check(items, model, encoding_format, caller)
 
     @staticmethod
     def _unique_ids(items: Sequence[TextItem]) -> None:
@@ -297,10 +427,12 @@ class EmbedInputs(_EmbedTexts):
         dimensions: int | None = None,
         public: bool = False,
     ) -> EmbeddingResult:
-        self._check_inputs(items, model, dimensions)
+        self._check_inputs(items, model, dimensions, caller)
         result = await self._embed(items, model, "float", caller, public, count_tokens=True)
         if dimensions is None or dimensions == result.dimensions:
             return result
+        if result.source == "provider":  # it answered in its own dimension: the template sets any other
+            raise UnsupportedDimensions(dimensions, result.model, result.dimensions, ())
         return replace(
             result,
             items=[replace(item, embedding=_truncated(item.embedding, dimensions)) for item in result.items],
@@ -312,18 +444,26 @@ class EmbedInputs(_EmbedTexts):
         items: Sequence[TextItem],
         model: str | None = None,
         encoding_format: str = "float",
+        caller: Caller | None = None,
         dimensions: int | None = None,
     ) -> None:
-        self._check_inputs(items, model, dimensions)
-        super().check(items, model, encoding_format)
+        self._check_inputs(items, model, dimensions, caller)
+        super().check(items, model, encoding_format, caller)
 
-    def _check_inputs(self, items: Sequence[TextItem], model: str | None, dimensions: int | None) -> None:
+    def _check_inputs(
+        self, items: Sequence[TextItem], model: str | None, dimensions: int | None, caller: Caller | None
+    ) -> None:
+        """On a provider (hosted free tier), `model` and `dimensions` are the provider's business: its template
+        names its model, and its answer has the dimension it has."""
         spec = self._host.spec
-        if model is not None and not spec.answers_to(model):  # first: the dimensions asked are of that model
+        remote = self._remote(caller)
+        if not remote and model is not None and not spec.answers_to(model):  # first: dimensions are of that model
             raise UnknownModel(model, spec.name, spec.aliases)
         empty = next((i for i, item in enumerate(items) if len(item.text) == 0), None)
         if empty is not None:
             raise InvalidInput(f"input {empty} is empty; every input must hold at least one character or token id.")
+        if remote:
+            return
         if dimensions is not None and dimensions != spec.dimension and dimensions not in spec.matryoshka_dimensions:
             raise UnsupportedDimensions(dimensions, spec.name, spec.dimension, spec.matryoshka_dimensions)
 

@@ -14,7 +14,7 @@ from entrypoints.container import build_container
 from entrypoints.http.errors import install_error_handlers
 from entrypoints.http.lifecycle import start_services, stop_services
 from entrypoints.http.middleware import AccessLog, BodySizeLimit
-from entrypoints.http.routes import accounts, embed, hosted, metrics, openai, operations
+from entrypoints.http.routes import accounts, embed, hosted, metrics, openai, operations, providers
 from entrypoints.http.schemas.common import document_limits
 from entrypoints.settings import Settings, check_startup
 
@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     if settings.hosted:
         app.include_router(accounts.router)
+        app.include_router(providers.router)
     if settings.metrics_enabled:
         app.include_router(metrics.router)
 

@@ -147,9 +147,12 @@ async def metered(
 
 
 def headers_for(request: Request, result: EmbeddingResult | None = None) -> dict[str, str]:
-    """What an answer carries besides its body: rate-limit headers of a metered caller; with a cache configured,
-    how many inputs, and which (0-based, in request order), came from it."""
+    """What an answer carries besides its body: rate-limit headers of a metered caller; what computed its vectors
+    (X-Embedding-Source: cache, local or provider); with a cache configured, how many inputs, and which (0-based,
+    in request order), came from it."""
     headers = dict(getattr(request.state, "headers", None) or {})
+    if result is not None:
+        headers[SOURCE_HEADER] = result.served_by
     if result is not None and result.cache_used:
         hits = result.cache_hits
         headers[CACHE_HITS_HEADER] = str(len(hits))
@@ -157,5 +160,6 @@ def headers_for(request: Request, result: EmbeddingResult | None = None) -> dict
     return headers
 
 
+SOURCE_HEADER = "X-Embedding-Source"  # cache (every input), local (this server's model) or provider (the caller's)
 CACHE_HITS_HEADER = "X-Cache-Hits"
 CACHE_HIT_INDEXES_HEADER = "X-Cache-Hit-Indexes"

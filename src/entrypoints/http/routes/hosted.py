@@ -41,7 +41,7 @@ async def v1_embed(
     request: Request, body: V1EmbedRequest, caller: CallerDep, use_case: Annotated[EmbedOne, use(EmbedOne)]
 ) -> JSONResponse:
     one_text = [TextItem(id=None, text=body.text)]
-    async with metered(request, caller, 1, lambda: use_case.check(one_text, body.model, body.encoding_format)):
+    async with metered(request, caller, 1, lambda: use_case.check(one_text, body.model, body.encoding_format, caller)):
         result = await use_case.execute(body.text, body.model, body.encoding_format, caller, body.public)
     log.info("embedded 1 text (%d chars) for %s", len(body.text), caller.tenant)
     return VectorJSONResponse(render_one(result), headers=headers_for(request, result))
@@ -52,7 +52,9 @@ async def v1_embed_batch(
     request: Request, body: V1EmbedBatchRequest, caller: CallerDep, use_case: Annotated[EmbedBatch, use(EmbedBatch)]
 ) -> JSONResponse:
     items = [TextItem(id=None, text=text) for text in body.texts]
-    async with metered(request, caller, len(items), lambda: use_case.check(items, body.model, body.encoding_format)):
+    async with metered(
+        request, caller, len(items), lambda: use_case.check(items, body.model, body.encoding_format, caller)
+    ):
         result = await use_case.execute(items, body.model, body.encoding_format, caller, body.public)
     log.info("embedded %d texts (%d chars) for %s", len(items), sum(len(t) for t in body.texts), caller.tenant)
     return VectorJSONResponse(render_batch(result), headers=headers_for(request, result))

@@ -45,7 +45,7 @@ async def create_embeddings(
     use_case: Annotated[EmbedInputs, use(EmbedInputs)],
 ) -> JSONResponse:
     items = [TextItem(id=None, text=value) for value in body.inputs()]
-    check = lambda: use_case.check(items, body.model, dimensions=body.dimensions)  # noqa: E731
+    check = lambda: use_case.check(items, body.model, caller=caller, dimensions=body.dimensions)  # noqa: E731
     async with metered(request, caller, len(items), check):
         result = await use_case.execute(items, body.model, caller, body.dimensions)
     log.info("embedded %d inputs (%d tokens) for %s", len(items), result.tokens or 0, caller.tenant)
