@@ -194,6 +194,8 @@ class OutboundPolicy:
         if not 0 < port < 65536:
             raise EndpointRefused("bad_url", f"port {port} is out of range")
         host = self._check_host(raw.rstrip(".") if ":" not in raw else raw)
+        if port != 443 and host not in self.private_hosts:  # a provider's API is on 443; a gateway may be elsewhere
+            raise EndpointRefused("port_not_allowed", f"port {port}: only 443 is called on {host}")
         path = parsed.raw_path.decode("ascii")
         shown = f"[{host}]" if ":" in host else host
         rebuilt = f"https://{shown}{'' if port == 443 else f':{port}'}{path}"
@@ -260,7 +262,9 @@ class OutboundPolicy:
                 address = ipaddress.ip_address(answer)
             except ValueError:
                 raise EndpointRefused("unresolvable", f"{endpoint.host} resolved to something not an address") from None
-            if endpoint.host not in self.private_hosts and (why := address_class(address)):
+            why = address_class(address)
+            # an operator's internal host may be private, never the cloud's metadata service
+            if why is not None and (endpoint.host not in self.private_hosts or "cloud metadata" in why):
                 raise EndpointRefused(
                     "private_address",
                     f"{endpoint.host} resolves to {address} ({why}); only public addresses are called",

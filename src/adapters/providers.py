@@ -6,6 +6,7 @@ an error message: logs name the host and the HTTP status at most."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -14,7 +15,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from functools import lru_cache, partial
@@ -223,7 +224,8 @@ class ProviderClient:
             status = answer.status
             if 200 <= status < 300:
                 self._breakers.succeeded(call.identity, trial)
-                return _read_vectors(answer.body, call.path, len(texts))
+                # parsing a large answer (up to the response cap) would stall every caller on the event loop
+                return await asyncio.to_thread(_read_vectors, answer.body, call.path, len(texts))
             if not (status in _RETRYABLE or 500 <= status < 600):
                 self._breakers.succeeded(call.identity, trial)  # it answered: the request or the key is wrong
                 log.info("provider %s refused a request with HTTP %d", host, status)
@@ -283,7 +285,7 @@ class ProviderClient:
 class _Call:
     config: ProviderConfig
     identity: tuple[str, str | None]
-    headers: Mapping[str, str]
+    headers: Mapping[str, str] = field(repr=False)  # the key, in its Authorization header
     path: Any
     batch: bool
 
@@ -400,8 +402,19 @@ def _holds(document: Any, samples: list[str], batch: bool) -> bool:
     return False
 
 
+# The JSONPath a provider's answer is read with: fields, quoted fields, indexes, [*] and .* steps from $ (what
+# every provider's shape needs); no filters, regexes, arithmetic, unions or recursive descent, whose cost on a
+# large answer a caller could choose.
+_SAFE_PATH = re.compile(r"\$(?:\.[A-Za-z_][A-Za-z0-9_]*|\.\*|\[\*\]|\[\d{1,6}\]|\['[^'\\]{1,100}'\])*")
+
+
 @lru_cache(maxsize=1024)
 def _compiled_path(response_path: str) -> Any:
+    if len(response_path) > 512 or not _SAFE_PATH.fullmatch(response_path):
+        raise InvalidInput(
+            "response_path must be a plain JSONPath of fields, indexes and [*] from $, e.g. $.data[*].embedding "
+            "(OpenAI) or $.embeddings (a list of vectors); filters, unions and recursive descent are not taken."
+        )
     try:
         return parse_jsonpath(response_path)
     except Exception:  # the parser raises several exception types of its own
@@ -483,18 +496,20 @@ class RemoteProviders:
         self._client = client
         self._resolver = resolver
 
-    async def check(self, config: ProviderConfig) -> None:
+    async def check(self, config: ProviderConfig) -> ProviderConfig:
         check_template(config.request_template, config.response_path)
         endpoint = self._policy.check_url(config.endpoint)
         await self._policy.resolve(endpoint, self._resolver)
+        return dataclasses.replace(config, endpoint=endpoint.url)  # as it is called: normalized, no fragment
 
     async def embed(self, config: ProviderConfig, api_key: str, texts: Sequence[str]) -> Vectors:
         return await self._client.embed(config, api_key, texts)
 
     def identity(self, config: ProviderConfig) -> str:
-        """Host and model, and a digest of the template and path: a template asking for other `dimensions`, say,
-        gives other numbers from the same model."""
-        digest = hashlib.sha256(f"{config.request_template}\0{config.response_path}".encode()).hexdigest()[:12]
+        """Host and model, and a digest of the whole endpoint, template and path: another port or path (another
+        deployment behind a gateway), or a template asking for other `dimensions`, gives other numbers."""
+        described = f"{config.endpoint}\0{config.request_template}\0{config.response_path}"
+        digest = hashlib.sha256(described.encode()).hexdigest()[:12]
         return f"{config.host}/{template_model(config.request_template) or '-'}#{digest}"
 
 

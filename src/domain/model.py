@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from urllib.parse import urlsplit
@@ -178,7 +178,7 @@ class Provider:
     id: str  # prov_...
     account_id: str
     config: ProviderConfig
-    encrypted_key: bytes
+    encrypted_key: bytes = field(repr=False)
     key_last4: str
     created_at: datetime
 

@@ -292,9 +292,9 @@ class RemoteEmbedder(Protocol):
         """What decides a provider's numbers, as cache entries and usage name it: its host and its model."""
         ...
 
-    async def check(self, config: ProviderConfig) -> None:
+    async def check(self, config: ProviderConfig) -> ProviderConfig:
         """Refuse, before it is stored, a provider whose endpoint (its URL and the addresses its name resolves to),
-        template or response path cannot work."""
+        template or response path cannot work; returns it with its endpoint as it will be called."""
         ...
 
 

@@ -151,3 +151,13 @@ def test_rotated_keys_are_written_together(with_providers: tuple[Any, Any]) -> N
     assert store.replace_keys({"prov_1": b"new-1", "prov_2": b"new-2"}) == 2
     assert {p.id: p.encrypted_key for p in store.all()} == {"prov_1": b"new-1", "prov_2": b"new-2"}
     assert store.replace_keys({}) == 0
+
+
+def test_concurrent_replacements_of_one_accounts_provider_leave_exactly_one(with_providers: tuple[Any, Any]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    account_store, store = with_providers
+    account_store.add(account(1), key(1))
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: store.put(provider(n)), range(1, 25)))
+    assert len(store.all()) == 1 and store.get("usr_1") is not None

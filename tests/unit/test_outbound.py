@@ -203,3 +203,27 @@ def test_the_system_resolver_is_used_by_default() -> None:
         asyncio.run(policy.resolve(endpoint))
 
     assert caught.value.rule == "private_address"
+
+
+def test_a_private_host_may_be_private_but_never_the_clouds_metadata_service() -> None:
+    import asyncio
+
+    policy = OutboundPolicy(allowed_hosts=frozenset(), private_hosts=frozenset({"gateway.internal"}))
+    endpoint = policy.check_url("https://gateway.internal:8443/embed")  # a private host may name its port
+
+    async def resolver_to(address: str) -> list[str]:
+        return [address]
+
+    assert asyncio.run(policy.resolve(endpoint, lambda host, port: resolver_to("10.1.2.3")))
+    for metadata in ("169.254.169.254", "fd00:ec2::254"):
+        with pytest.raises(EndpointRefused) as refused:
+            asyncio.run(policy.resolve(endpoint, lambda host, port, m=metadata: resolver_to(m)))
+        assert refused.value.rule == "private_address" and "cloud metadata" in refused.value.message
+
+
+def test_an_allowed_public_host_is_called_on_443_only() -> None:
+    policy = OutboundPolicy(allowed_hosts=frozenset({"api.openai.com"}))
+    with pytest.raises(EndpointRefused) as refused:
+        policy.check_url("https://api.openai.com:22/v1/embeddings")
+    assert refused.value.rule == "port_not_allowed"
+    assert policy.check_url("https://api.openai.com:443/v1/embeddings").url == "https://api.openai.com/v1/embeddings"

@@ -620,7 +620,8 @@ def test_an_answer_resets_the_failure_count() -> None:
         ('{"input": "$TEXT", "model": "m"}', "$.embedding"),
         ('{"instances": [{"content": "passage: $TEXT"}]}', "$.predictions[0].embeddings.values"),
         ("$TEXTS", "$[*]"),
-        ('{"a": {"b": [$TEXTS]}}', "$.vectors[?(@.ok == true)].values"),
+        ('{"a": {"b": [$TEXTS]}}', "$.vectors[*].values"),
+        ('{"input": $TEXTS}', "$['data'][0].embedding"),
     ],
 )
 def test_valid_templates_pass_the_check(template: str, path: str) -> None:
@@ -642,6 +643,12 @@ def test_valid_templates_pass_the_check(template: str, path: str) -> None:
         ('{"input": $TEXTS}', "$.data[*", "JSONPath"),
         ('{"input": $TEXTS}', "", "JSONPath"),
         ('{"input": $TEXTS}', "data[?(", "JSONPath"),
+        # whose cost on a large answer a caller could choose: filters, regexes, arithmetic, unions, descent
+        ('{"input": $TEXTS}', "$.vectors[?(@.ok == true)].values", "plain JSONPath"),
+        ('{"input": $TEXTS}', "$.a.`sub(/(a+)+$/, b)`", "plain JSONPath"),
+        ('{"input": $TEXTS}', "$.a * $.b", "plain JSONPath"),
+        ('{"input": $TEXTS}', "$.data[*].embedding | $.x", "plain JSONPath"),
+        ('{"input": $TEXTS}', "$" + "..a" * 300, "plain JSONPath"),
         ('{"input": $TEXTS, "bad": "\ud800"}', "$.data", "UTF-8"),
     ],
 )

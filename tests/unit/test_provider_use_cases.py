@@ -52,9 +52,10 @@ class FakeRemote:
     def identity(self, config: ProviderConfig) -> str:
         return f"{config.host}/text-embedding-3-small"
 
-    async def check(self, config: ProviderConfig) -> None:
+    async def check(self, config: ProviderConfig) -> ProviderConfig:
         if self.refuse:
             raise EndpointRefused(self.refuse, "refused by the test")
+        return config
 
 
 def test_a_provider_is_checked_then_stored_with_its_key_encrypted_and_only_its_last4_shown() -> None:
@@ -76,7 +77,7 @@ def test_a_refused_endpoint_or_a_bad_key_stores_nothing_and_never_echoes_the_key
     store, box = InMemoryProviderStore(), FernetSecretBox(OLD)
     with pytest.raises(EndpointRefused, match="host_not_allowed"):
         asyncio.run(SetProvider(store, box, FakeRemote(refuse="host_not_allowed")).execute("usr_1", CONFIG, KEY))
-    for bad in ("", "   ", "sk-with\nnewline", "x" * 5000):
+    for bad in ("", "   ", "sk-with\nnewline-0123", "x" * 5000, "sk-ключ-0123456789", "sk-with space-0123", "sk9Z"):
         with pytest.raises(InvalidInput) as refused:
             asyncio.run(SetProvider(store, box, FakeRemote()).execute("usr_1", CONFIG, bad))
         assert bad.strip() == "" or bad not in refused.value.message
@@ -147,3 +148,13 @@ def test_a_key_encrypted_under_a_dropped_encryption_key_is_a_clear_provider_erro
     with pytest.raises(ProviderUnavailable, match="cannot be decrypted") as failed:
         embed(use_case, host, FREE, "a text")
     assert KEY not in failed.value.message and remote.calls == []
+
+
+def test_no_repr_of_a_stored_provider_or_an_outbound_call_holds_its_key() -> None:
+    from adapters.providers import _Call
+
+    store, box = InMemoryProviderStore(), FernetSecretBox(OLD)
+    provider = asyncio.run(SetProvider(store, box, FakeRemote()).execute("usr_1", CONFIG, KEY))
+    assert provider.encrypted_key.decode() not in repr(provider)
+    call = _Call(CONFIG, ("api.openai.com", "m"), {"Authorization": f"Bearer {KEY}"}, None, True)
+    assert KEY not in repr(call)

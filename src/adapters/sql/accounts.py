@@ -290,6 +290,9 @@ class SqlProviderStore(_SqlStore):
             "created_at": provider.created_at,
         }
         with self._transaction("provider update") as connection:
+            # two POSTs of one account at once: the second waits for the first (PostgreSQL; SQLite writes one at a
+            # time), then replaces it, instead of both deleting and one insert failing
+            connection.execute(select(accounts.c.id).where(accounts.c.id == provider.account_id).with_for_update())
             connection.execute(providers.delete().where(providers.c.account_id == provider.account_id))
             connection.execute(providers.insert().values(**values))
 
@@ -308,5 +311,6 @@ class SqlProviderStore(_SqlStore):
             update(providers).where(providers.c.id == bindparam("provider_id")).values(encrypted_key=bindparam("key"))
         )
         with self._transaction("provider key rotation", from_caller=False) as connection:
-            result = connection.execute(statement, [{"provider_id": pid, "key": key} for pid, key in keys.items()])
-        return int(result.rowcount)
+            connection.execute(statement, [{"provider_id": pid, "key": key} for pid, key in keys.items()])
+            stored = connection.execute(select(providers.c.id).where(providers.c.id.in_(list(keys)))).all()
+        return len(stored)  # (an executemany's rowcount is not reliable on every driver)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from domain.api_keys import new_id
 from domain.errors import InvalidInput, ProviderNotFound
@@ -16,6 +16,7 @@ from domain.use_cases.keys import utc_now
 log = logging.getLogger(__name__)
 
 MAX_NAME_CHARS = 100
+MIN_KEY_CHARS = 12  # shorter, its last 4 characters (what GET shows) would give away too much of it
 MAX_KEY_CHARS = 4096
 
 
@@ -30,11 +31,14 @@ class SetProvider:
 
     async def execute(self, account_id: str, config: ProviderConfig, api_key: str) -> Provider:
         name = config.name.strip()
-        if not 1 <= len(name) <= MAX_NAME_CHARS:
-            raise InvalidInput(f"name must hold 1 to {MAX_NAME_CHARS} characters.")
-        if not api_key.strip() or len(api_key) > MAX_KEY_CHARS or not api_key.isprintable():
-            raise InvalidInput(f"api_key must be 1 to {MAX_KEY_CHARS} printable characters.")  # never echoed
-        await self._remote.check(config)
+        if not 1 <= len(name) <= MAX_NAME_CHARS or not name.isprintable():
+            raise InvalidInput(f"name must hold 1 to {MAX_NAME_CHARS} printable characters.")
+        if not MIN_KEY_CHARS <= len(api_key) <= MAX_KEY_CHARS or not all(33 <= ord(c) <= 126 for c in api_key):
+            raise InvalidInput(  # never echoed
+                f"api_key must be {MIN_KEY_CHARS} to {MAX_KEY_CHARS} ASCII characters without spaces (it is sent "
+                "as an HTTP header)."
+            )
+        config = await self._remote.check(replace(config, name=name))
         provider = Provider(
             id=new_id("prov"),
             account_id=account_id,
