@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -268,3 +270,51 @@ def domain_test_scheduler(max_texts: int = 4) -> Any:
 def stop_test_schedulers() -> None:
     while _SCHEDULERS:
         _SCHEDULERS.pop().shutdown()
+
+
+P = TypeVar("P")
+
+
+class TLSServer(ThreadingHTTPServer):
+    """A fake provider's HTTPS server on 127.0.0.1; its handler reads the test's state from `provider`."""
+
+    daemon_threads = True
+    block_on_close = False
+    provider: Any
+    tls: ssl.SSLContext
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, address = self.socket.accept()
+        return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass
+
+
+@contextmanager
+def tls_server(
+    tmp_path: Path,
+    handler: type[BaseHTTPRequestHandler],
+    names: tuple[str, ...],
+    provider: Callable[[int, str], P],
+) -> Iterator[P]:
+    """A TLSServer in a thread whose certificate, from a CA made here (its PEM in tmp_path), is valid for `names`;
+    `provider(port, ca_file)` makes the state its handler sees. Its `release` event is set before it stops, so a
+    handler waiting on it lets go."""
+    import trustme
+
+    ca = trustme.CA()
+    ca_file = tmp_path / "provider-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    server = TLSServer(("127.0.0.1", 0), handler)
+    server.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert(*names).configure_cert(server.tls)
+    server.provider = provider(server.server_address[1], str(ca_file))
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server.provider
+    finally:
+        server.provider.release.set()
+        server.shutdown()
+        server.server_close()

@@ -10,20 +10,18 @@ import json
 import logging
 import re
 import sqlite3
-import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import trustme
 from cryptography.fernet import Fernet
 from dependency_injector import providers
 from fastapi.testclient import TestClient
@@ -38,7 +36,7 @@ from entrypoints import cli
 from entrypoints.http.app import create_app
 from entrypoints.settings import SQLITE_FILE
 from tests.contract.test_accounts_api import SECRET, bearer, hosted_settings, login, signup
-from tests.support import ENCRYPTION_KEY, fake_settings, wait_ready
+from tests.support import ENCRYPTION_KEY, TLSServer, fake_settings, tls_server, wait_ready
 
 HOST = "provider.test"  # reserved TLD: it resolves only through the test resolver
 DIMENSION = 8
@@ -107,7 +105,7 @@ def _texts_of(document: Any) -> list[str]:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: _TLSServer
+    server: TLSServer
 
     def setup(self) -> None:
         self.request.do_handshake()
@@ -143,38 +141,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
-class _TLSServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    provider: FakeProvider
-    tls: ssl.SSLContext
-
-    def get_request(self) -> tuple[Any, Any]:
-        sock, address = self.socket.accept()
-        return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass
-
-
 @contextmanager
 def fake_provider(tmp_path: Path) -> Iterator[FakeProvider]:
     """A TLS server on 127.0.0.1 whose certificate for provider.test comes from a CA made here."""
-    ca = trustme.CA()
-    ca_file = tmp_path / "provider-ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    server = _TLSServer(("127.0.0.1", 0), _Handler)
-    server.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert(HOST).configure_cert(server.tls)
-    server.provider = FakeProvider(port=server.server_address[1], ca_file=str(ca_file))
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield server.provider
-    finally:
-        server.provider.release.set()
-        server.shutdown()
-        server.server_close()
+    with tls_server(tmp_path, _Handler, (HOST,), lambda port, ca: FakeProvider(port=port, ca_file=ca)) as provider:
+        yield provider
 
 
 Answers = list[str] | Callable[[], list[str]]

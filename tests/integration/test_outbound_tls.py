@@ -14,15 +14,15 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 
 from adapters.outbound import OutboundClient, OutboundPolicy, OutboundResponse, Resolver
 from domain.errors import ProviderBadResponse, ProviderTimeout, ProviderUnavailable
+from tests.support import TLSServer, tls_server
 
 HOST = "provider.test"  # reserved TLD: it resolves only through the test resolver
 
@@ -50,7 +50,7 @@ class FakeProvider:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: _TLSServer
+    server: TLSServer
 
     def setup(self) -> None:
         try:
@@ -102,37 +102,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class _TLSServer(ThreadingHTTPServer):
-    daemon_threads = True
-    provider: FakeProvider
-    tls: ssl.SSLContext
-
-    def get_request(self) -> tuple[Any, Any]:
-        sock, address = self.socket.accept()
-        return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass
-
-
 @contextmanager
 def fake_provider(tmp_path: Path, *names: str) -> Iterator[FakeProvider]:
     """A TLS server on 127.0.0.1 whose certificate, from a CA made here, is valid for `names`."""
-    ca = trustme.CA()
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    server = _TLSServer(("127.0.0.1", 0), _Handler)
-    server.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert(*(names or (HOST,))).configure_cert(server.tls)
-    server.provider = FakeProvider(port=server.server_address[1], ca_file=str(ca_file))
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield server.provider
-    finally:
-        server.provider.release.set()
-        server.shutdown()
-        server.server_close()
+    make = lambda port, ca: FakeProvider(port=port, ca_file=ca)  # noqa: E731
+    with tls_server(tmp_path, _Handler, names or (HOST,), make) as provider:
+        yield provider
 
 
 def resolver_to(*answers: str, calls: list[str] | None = None) -> Resolver:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
+from typing import TypeVar
 
 import numpy as np
 
@@ -52,6 +53,7 @@ from domain.services import ModelHost, input_key, text_key
 from domain.use_cases.keys import ANONYMOUS
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SUPPORTED_ENCODING_FORMATS = ("float",)
 
@@ -225,9 +227,7 @@ class _EmbedTexts:
         identity = self._byok.remote.identity(provider.config)
         texts = [str(item.text) for item in items]
         keys = [text_key(VERBATIM, text) for text in texts]
-        first_text: dict[bytes, str] = {}
-        for key, text in zip(keys, texts, strict=True):
-            first_text.setdefault(key, text)
+        first_text = _first_of_each(keys, texts)
         scope = CacheScope(caller.tenant, f"provider:{identity}", PROVIDER_VARIANT)
         found: dict[bytes, Vector] = {}
         if self._cache.enabled:
@@ -299,9 +299,7 @@ class _EmbedTexts:
         info = embedder.info
         scope = CacheScope(caller.tenant, info.cache_model, info.cache_variant)
         keys = [input_key(info.text_key, text) for text in texts]
-        first_text: dict[bytes, EmbedInput] = {}
-        for key, text in zip(keys, texts, strict=True):
-            first_text.setdefault(key, text)
+        first_text = _first_of_each(keys, texts)
         found = _well_formed(await self._cache.lookup_in_time(scope, list(first_text)), info)
         missing = [key for key in first_text if key not in found]
         fresh: dict[bytes, Vector] = {}
@@ -320,6 +318,14 @@ async def _count_tokens(embedder: Embedder, texts: Sequence[EmbedInput]) -> int:
     if sum(map(len, texts)) <= INLINE_TOKEN_COUNT_CHARS:
         return sum(embedder.token_counts(texts))
     return sum(await asyncio.to_thread(embedder.token_counts, texts))
+
+
+def _first_of_each(keys: Sequence[bytes], texts: Sequence[T]) -> dict[bytes, T]:
+    """Each distinct key with the first text that has it, in request order: each distinct text is computed once."""
+    first: dict[bytes, T] = {}
+    for key, text in zip(keys, texts, strict=True):
+        first.setdefault(key, text)
+    return first
 
 
 def _texts_only(items: Sequence[TextItem]) -> None:
