@@ -49,7 +49,7 @@ class InMemoryRateLimiter:
         self._next_sweep = float("-inf")
 
     def hit(self, charges: Sequence[Charge], now: float) -> Admission:
-        slots = [(charge.key, charge.window_s, window_index(charge, now)) for charge in charges]
+        slots = [(charge.counter, charge.window_s, window_index(charge, now)) for charge in charges]
         with self._lock:
             self._sweep(now)
             used = [self._counters.get(slot, 0) for slot in slots]
@@ -63,14 +63,14 @@ class InMemoryRateLimiter:
     def refund(self, charges: Sequence[Charge], now: float) -> None:
         with self._lock:
             for charge in charges:
-                slot = (charge.key, charge.window_s, window_index(charge, now))
+                slot = (charge.counter, charge.window_s, window_index(charge, now))
                 if slot in self._counters:
                     self._counters[slot] = max(0, self._counters[slot] - charge.cost)
 
     def seed(self, charge: Charge, now: float, used: int) -> None:
         """Count at least `used` in the charge's current window (what the shared store had counted, before an
         outage made this process count alone)."""
-        slot = (charge.key, charge.window_s, window_index(charge, now))
+        slot = (charge.counter, charge.window_s, window_index(charge, now))
         with self._lock:
             self._counters[slot] = max(self._counters.get(slot, 0), used)
 
@@ -124,8 +124,9 @@ return 0
 class RedisRateLimiter:
     """Counters in Redis, shared by every process using the same server and prefix. Each call is one Lua script, so
     the check and the increments of all charges are atomic in the store. Keys are
-    `{prefix}:{charge.key}:{window_s}:{window index}` and expire a little after their window ends (a time to live
-    reckoned from the caller's `now`)."""
+    `<prefix>:<key>:{<subject>}:<window_s>:<window index>` (`<prefix>:<key>:<window_s>:...` without a subject) and
+    expire a little after their window ends (a time to live reckoned from the caller's `now`). The subject in braces is
+    a Redis Cluster hash tag: one subject's counters, which one script hits together, share a slot."""
 
     def __init__(self, client: Redis, prefix: str = "embedding-service:rl") -> None:
         self._prefix = prefix
@@ -152,7 +153,8 @@ class RedisRateLimiter:
         return cls(client, prefix)
 
     def key(self, charge: Charge, now: float) -> str:
-        return f"{self._prefix}:{charge.key}:{charge.window_s}:{window_index(charge, now)}"
+        counter = f"{charge.key}:{{{charge.subject}}}" if charge.subject else charge.key
+        return f"{self._prefix}:{counter}:{charge.window_s}:{window_index(charge, now)}"
 
     def hit(self, charges: Sequence[Charge], now: float) -> Admission:
         if not charges:

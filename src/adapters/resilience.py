@@ -357,7 +357,7 @@ class FailoverRateLimiter:
                 self._saw(charges, answer, now)
                 return answer
         for charge in charges:  # start from what the shared store had counted, not from zero
-            seen = self._last_seen.get((charge.key, charge.window_s, window_index(charge, now)))
+            seen = self._last_seen.get((charge.counter, charge.window_s, window_index(charge, now)))
             if seen is not None:
                 self._fallback.seed(charge, now, seen)
         answer = self._fallback.hit(charges, now)
@@ -371,7 +371,7 @@ class FailoverRateLimiter:
         """Remember the shared store's counts of the windows just used (the last `remembered_refunds` of them)."""
         with self._lock:
             for charge, window in zip(charges, answer.windows, strict=True):
-                slot = (charge.key, charge.window_s, window_index(charge, now))
+                slot = (charge.counter, charge.window_s, window_index(charge, now))
                 self._last_seen[slot] = window.used
                 self._last_seen.move_to_end(slot)
             while len(self._last_seen) > self._remembered_refunds:

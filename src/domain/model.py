@@ -227,7 +227,8 @@ class UsageRecord:
 @dataclass(frozen=True)
 class Charge:
     """`cost` units against a counter `key` that allows `limit` units per fixed window of `window_s` seconds (windows
-    start at multiples of `window_s` since the epoch: a day window starts at 00:00 UTC)."""
+    start at multiples of `window_s` since the epoch: a day window starts at 00:00 UTC). `subject` is whose counter it
+    is (an account): one counter per key and subject, and a store may keep one subject's counters together."""
 
     name: str  # what the window is called in headers and messages: "day", "minute"
     key: str
@@ -235,6 +236,12 @@ class Charge:
     window_s: int
     cost: int
     refundable: bool = False  # may be given back (`RateLimiter.refund`) after the hit
+    subject: str = ""
+
+    @property
+    def counter(self) -> str:
+        """The counter's identity: its key and subject."""
+        return f"{self.key}:{self.subject}" if self.subject else self.key
 
 
 @dataclass(frozen=True)

@@ -125,6 +125,29 @@ def test_cost_zero_reads_the_window_and_always_fits(limiter: RateLimiter) -> Non
     assert used(limiter, per_minute(limit=5)) == 2
 
 
+def test_one_key_counts_apart_for_each_subject(limiter: RateLimiter) -> None:
+    mine, theirs = replace(per_minute(limit=1), subject="usr_1"), replace(per_minute(limit=1), subject="usr_2")
+    assert limiter.hit([mine], NOW).allowed
+    assert not limiter.hit([mine], NOW).allowed
+    assert limiter.hit([theirs], NOW).allowed
+    assert used(limiter, per_minute(limit=1)) == 0  # nor with the key alone
+
+
+def test_redis_keeps_a_subjects_counters_under_one_cluster_hash_tag() -> None:
+    """A Redis Cluster runs a script only on keys of one slot: the subject, in braces, picks it."""
+    with redis_prefix() as prefix, redis.Redis.from_url(REDIS_URL) as client:
+        limiter = RedisRateLimiter(client, prefix)
+        texts = Charge("day", "texts", 10, 86_400, 2, subject="usr_1")
+        requests = Charge("minute", "requests", 10, 60, 1, subject="usr_1")
+        assert limiter.hit([texts, requests], NOW).allowed
+        assert limiter.hit([per_minute(limit=5)], NOW).allowed
+        assert sorted(key.decode() for key in client.scan_iter(f"{prefix}:*")) == [
+            f"{prefix}:acct-1:60:{int(NOW // 60)}",
+            f"{prefix}:requests:{{usr_1}}:60:{int(NOW // 60)}",
+            f"{prefix}:texts:{{usr_1}}:86400:{int(NOW // 86_400)}",
+        ]
+
+
 def test_refund_gives_back_what_a_hit_took(limiter: RateLimiter) -> None:
     day, minute = per_day(limit=10, cost=3), per_minute(limit=5, cost=3)
     limiter.hit([day, minute], NOW)

@@ -163,6 +163,20 @@ def test_quotas_count_texts_per_day_and_requests_per_minute_and_refunds_give_tex
     asyncio.run(scenario())
 
 
+def test_an_accounts_counters_name_the_account_as_their_subject_in_no_stores_syntax() -> None:
+    """How a store lays its counters out (a Redis Cluster hash tag) is the limiter adapter's business."""
+
+    async def scenario() -> None:
+        meter = MeterRequests(InMemoryRateLimiter(), {Tier.FREE: TierLimits(5, 3)}, clock=lambda: 1_700_000_000.0)
+        caller = Caller(account_id="usr_a", key_id="key_a", tier=Tier.FREE, tenant="usr_a")
+        admitted = await meter.admit(caller, 1)
+        assert admitted is not None
+        charges = [(c.name, c.key, c.subject) for c in admitted.charges]
+        assert charges == [("day", "texts", "usr_a"), ("minute", "requests", "usr_a")]
+
+    asyncio.run(scenario())
+
+
 class FlakyLedger(InMemoryUsageLedger):
     def __init__(self, state: InMemoryAccounts) -> None:
         super().__init__(state)

@@ -46,12 +46,12 @@ class MeterRequests:
         self._clock = clock
 
     def _charges(self, caller: Caller, texts: int, requests: int, counter: str) -> tuple[Charge, ...]:
-        assert caller.tier is not None
+        assert caller.tier is not None and caller.account_id is not None
         limits = self._tiers[caller.tier]
-        account = f"{{{caller.account_id}}}"  # a Redis Cluster hash tag: an account's counters live on one node
+        account = caller.account_id
         return (
-            Charge("day", f"texts:{account}", limits.texts_per_day, DAY_S, texts, refundable=True),
-            Charge("minute", f"{counter}:{account}", limits.requests_per_minute, MINUTE_S, requests),
+            Charge("day", "texts", limits.texts_per_day, DAY_S, texts, refundable=True, subject=account),
+            Charge("minute", counter, limits.requests_per_minute, MINUTE_S, requests, subject=account),
         )
 
     async def peek(self, caller: Caller, counter: str = REQUESTS) -> Admission | None:
