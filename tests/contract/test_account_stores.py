@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from adapters.memory_accounts import InMemoryAccounts, InMemoryAccountStore, InMemoryApiKeyStore, InMemoryUsageLedger
-from domain.errors import EmailTaken, UnknownAccount
+from domain.errors import AccountsUnavailable, EmailTaken, UnknownAccount
 from domain.model import Account, ApiKey, Provider, ProviderConfig, Tier, UsageRecord
 from tests.support import postgres_database
 
@@ -55,6 +56,22 @@ def test_an_account_and_its_first_key_are_stored_together(stores: tuple[Any, Any
         accounts.add(account(2), key(2, "usr_2"))
     assert keys.find(bytes([2]) * 32) is None  # nothing of the refused signup stayed
     assert accounts.by_email("ada@example.com") == accounts.by_id("usr_1") == owner
+
+
+@pytest.mark.parametrize("stores", ["sqlite", "postgres"], indirect=True)
+def test_a_signup_whose_key_cannot_be_stored_leaves_no_account(stores: tuple[Any, Any, Any]) -> None:
+    """The account and its first key are one unit of work: the key's insert fails (its prefix is taken), so the
+    account inserted just before it is rolled back."""
+    accounts, keys, _ = stores
+    accounts.add(account(), key())
+    colliding = replace(key(2, "usr_2"), prefix=key().prefix)
+    with pytest.raises(AccountsUnavailable):
+        accounts.add(account(2, "grace@example.com"), colliding)
+    assert accounts.by_email("grace@example.com") is None and accounts.by_id("usr_2") is None
+    assert [a.id for a in accounts.list()] == ["usr_1"]
+    assert keys.find(colliding.digest) is None and keys.list("usr_2") == []
+    accounts.add(account(2, "grace@example.com"), key(2, "usr_2"))  # the email is free: the signup can be retried
+    assert accounts.by_email("grace@example.com") == accounts.by_id("usr_2")
 
 
 def test_tiers_change_and_unknown_accounts_are_named(stores: tuple[Any, Any, Any]) -> None:

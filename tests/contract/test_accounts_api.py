@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import jwt
 import pytest
+from dependency_injector import providers
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import event
@@ -344,13 +345,36 @@ def test_usage_is_written_at_shutdown(tmp_path: Path) -> None:
         assert (row["requests"], row["texts"]) == (3, 3)
 
 
-def test_the_static_keys_keep_working_unmetered_beside_accounts(tmp_path: Path) -> None:
-    with hosted(tmp_path, embedding_api_key=API_KEY, free_tier_daily_limit=1) as client:
+@pytest.mark.parametrize(
+    ("static_key", "tenant"),
+    [
+        ({"embedding_api_key": API_KEY}, "default"),
+        ({"peoplepad_client_key": API_KEY}, "peoplepad"),
+        ({"tenant_api_keys": {"acme": API_KEY}}, "acme"),
+    ],
+    ids=["EMBEDDING_API_KEY", "PEOPLEPAD_CLIENT_KEY", "TENANT_API_KEYS"],
+)
+def test_the_static_keys_keep_working_unmetered_beside_accounts(
+    tmp_path: Path, static_key: dict[str, Any], tenant: str
+) -> None:
+    with hosted(tmp_path, free_tier_daily_limit=1, free_tier_per_minute=2, **static_key) as client:
+        account_key = bearer(signup(client))
+        assert client.post("/v1/embed", json={"text": "a"}, headers=account_key).headers["ratelimit"]
         for _ in range(3):
             answer = client.post("/embed", json={"texts": ["a", "b"]}, headers=bearer(API_KEY))
             assert answer.status_code == 200
             assert "ratelimit" not in answer.headers
-        assert client.post("/v1/embed", json={"text": "a"}, headers=bearer(API_KEY)).status_code == 200
+        answers = [
+            client.post("/v1/embed", json={"text": "a"}, headers=bearer(API_KEY)),
+            client.post("/v1/embed/batch", json={"texts": ["a", "b"]}, headers=bearer(API_KEY)),
+            client.post(
+                "/v1/embeddings", json={"input": ["a", "b"], "model": "all-mpnet-base-v2"}, headers=bearer(API_KEY)
+            ),
+            client.get("/v1/stats", headers=bearer(API_KEY)),
+        ]
+        assert [a.status_code for a in answers] == [200, 200, 200, 200]
+        assert not any("ratelimit" in a.headers or "x-ratelimit-limit-requests" in a.headers for a in answers)
+        assert answers[-1].json()["tenant"] == tenant
         assert client.get("/v1/usage", headers=bearer(API_KEY)).status_code == 401
 
 
@@ -529,6 +553,38 @@ def test_the_headers_of_a_failed_request_show_its_texts_given_back(tmp_path: Pat
         assert failed.status_code == 503
         assert failed.headers["ratelimit"].startswith('"day";r=5;')  # given back
         assert failed.headers["x-ratelimit-remaining-requests"] == "49"  # the request still counts
+
+
+class BrokenEmbedding:
+    """An embedding use case whose inputs pass the checks and whose work then fails unexpectedly (no domain error)."""
+
+    def check(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug, say")
+
+
+def test_an_unexpected_failure_still_carries_the_rate_limit_headers(tmp_path: Path) -> None:
+    app = create_app(hosted_settings(tmp_path, free_tier_daily_limit=5, free_tier_per_minute=50))
+    app.state.container.embed_batch.override(providers.Object(BrokenEmbedding()))
+    app.state.container.embed_inputs.override(providers.Object(BrokenEmbedding()))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        wait_ready(client)
+        key = bearer(signup(client))
+        failed = client.post("/v1/embed/batch", json={"texts": ["a", "b", "c"]}, headers=key)
+        assert (failed.status_code, failed.json()) == (
+            500,
+            {"error": {"type": "internal_error", "message": "internal server error"}},
+        )
+        openai = client.post("/v1/embeddings", json={"input": ["a", "b"], "model": "all-mpnet-base-v2"}, headers=key)
+        assert (openai.status_code, openai.json()["error"]["code"]) == (500, "internal_error")
+    for answer, remaining in ((failed, "49"), (openai, "48")):
+        assert answer.headers["ratelimit-policy"] == '"day";q=5;w=86400, "minute";q=50;w=60'
+        assert answer.headers["ratelimit"].startswith('"day";r=5;')  # the texts given back
+        assert answer.headers["x-ratelimit-limit-requests"] == "50"
+        assert answer.headers["x-ratelimit-remaining-requests"] == remaining  # the request still counts
+        assert answer.headers["x-ratelimit-reset-requests"].endswith("s")
 
 
 def test_a_flood_of_logins_does_not_hold_up_embedding(tmp_path: Path) -> None:

@@ -39,6 +39,22 @@ def test_domain_imports_no_framework_or_outer_layer(path: Path) -> None:
         "pydantic",
         "dependency_injector",
         "huggingface_hub",
+        # drivers and infrastructure libraries: the adapters' business
+        "sqlalchemy",
+        "psycopg",
+        "psycopg2",
+        "asyncpg",
+        "sqlite3",
+        "redis",
+        "alembic",
+        "bcrypt",
+        "jwt",
+        "limits",
+        "cryptography",
+        "httpx",
+        "prometheus_client",
+        "onnxruntime",
+        "openvino",
     }
     assert imported_modules(path).isdisjoint(forbidden), path
 
@@ -126,3 +142,22 @@ def test_redis_bcrypt_and_jwt_load_only_for_the_hosted_mode(tmp_path: Path) -> N
 
     assert loaded(False) == "False False False"
     assert loaded(True) == "True True True"
+
+
+def response_bodies(path: Path) -> list[ast.expr]:
+    """The body argument of every `...JSONResponse(body, ...)` built in a module."""
+    bodies = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id.endswith("JSONResponse"):
+            content = next((k.value for k in node.keywords if k.arg == "content"), None)
+            bodies.append(node.args[0] if node.args else content)
+    return [body for body in bodies if body is not None]
+
+
+@pytest.mark.parametrize("path", files("entrypoints/http/routes"), ids=lambda p: str(p.relative_to(SRC)))
+def test_routes_send_the_bodies_their_schemas_render(path: Path) -> None:
+    """Each dialect renders its bodies in one function beside its schema: a route hands over what a `render_*`
+    function of its schemas built (or a name bound to it), never a body of its own making."""
+    for body in response_bodies(path):
+        rendered = isinstance(body, ast.Call) and isinstance(body.func, ast.Name) and body.func.id.startswith("render_")
+        assert rendered or isinstance(body, ast.Name), f"{path.name}:{body.lineno}: {ast.unparse(body)}"

@@ -166,10 +166,14 @@ def _openai_answer(exc: errors.DomainError, row: ErrorRow) -> tuple[int, dict[st
     return status, openai_error_body(status, exc.message, code, special.param)
 
 
-def internal_error_response(scope: Mapping[str, Any] | None = None) -> JSONResponse:
+def internal_error_response(
+    scope: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The generic 500; `headers` are the answer's own (a metered caller's rate-limit headers), never the error's."""
     if speaks_openai(scope):
-        return JSONResponse(openai_error_body(500, "internal server error", INTERNAL.type), INTERNAL.status)
-    return JSONResponse(error_body(INTERNAL.type, "internal server error"), INTERNAL.status)
+        body = openai_error_body(500, "internal server error", INTERNAL.type)
+        return JSONResponse(body, INTERNAL.status, headers=headers)
+    return JSONResponse(error_body(INTERNAL.type, "internal server error"), INTERNAL.status, headers=headers)
 
 
 def _location(loc: tuple[int | str, ...], union: bool) -> tuple[int | str, ...]:
@@ -253,4 +257,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled %s", type(exc).__name__, exc_info=exc)
-        return internal_error_response(request.scope)
+        return internal_error_response(request.scope, headers_for(request))

@@ -22,6 +22,7 @@ from entrypoints.http.schemas.accounts import (
     render_keys,
     render_login,
     render_new_key,
+    render_revoked,
     render_signup,
 )
 from entrypoints.http.schemas.common import error_responses
@@ -66,4 +67,4 @@ async def revoke_key(
     prefix: Annotated[str, Path(max_length=64, description="the key's prefix, as GET /v1/keys lists it")],
 ) -> JSONResponse:
     await use_case.execute(account, prefix)
-    return JSONResponse({"revoked": True}, headers=headers_for(request))
+    return JSONResponse(render_revoked(), headers=headers_for(request))

@@ -19,6 +19,7 @@ from entrypoints.http.schemas.providers import (
     ProviderRequest,
     ProviderResponse,
     render_created,
+    render_deleted,
     render_provider,
 )
 
@@ -48,4 +49,4 @@ async def delete_provider(
     request: Request, account_id: AccountId, use_case: Annotated[DeleteProvider, use(DeleteProvider)]
 ) -> JSONResponse:
     await use_case.execute(account_id)
-    return JSONResponse({"deleted": True}, headers=headers_for(request))
+    return JSONResponse(render_deleted(), headers=headers_for(request))

@@ -80,6 +80,10 @@ def render_new_key(key: str, record: ApiKey) -> dict[str, Any]:
     return NewKeyResponse(api_key=key, prefix=record.prefix).model_dump()
 
 
+def render_revoked() -> dict[str, Any]:
+    return RevokedResponse(revoked=True).model_dump()
+
+
 def render_keys(keys: list[ApiKey]) -> dict[str, Any]:
     listed = [
         KeyInfo(prefix=k.prefix, created_at=k.created_at, last_used_at=k.last_used_at, revoked_at=k.revoked_at)

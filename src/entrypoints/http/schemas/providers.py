@@ -61,6 +61,10 @@ def render_created(provider: Provider) -> dict[str, Any]:
     return {"provider_id": provider.id}
 
 
+def render_deleted() -> dict[str, Any]:
+    return ProviderDeleted(deleted=True).model_dump()
+
+
 def render_provider(provider: Provider) -> dict[str, Any]:
     config = provider.config
     return ProviderResponse(
