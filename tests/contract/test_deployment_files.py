@@ -28,6 +28,7 @@ import redis
 import yaml
 
 from adapters.model_provisioning import pip_download
+from entrypoints.settings import Settings
 from tests.support import (
     API_KEY,
     ENCRYPTION_KEY,
@@ -365,6 +366,36 @@ def test_compose_hosted_command_really_runs_on_postgres_and_redis(compose: dict[
             ).fetchone()
             assert tables is not None and tables[0] > 0
         assert not (tmp_path / "data").exists()  # DATA_DIR (SQLite) unused
+
+
+def hosted_quick_start() -> str:
+    """The README's hosted quick start: the first bash block of its "Hosted mode" section."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Hosted mode") :]
+    start = section.index("```bash\n") + len("```bash\n")
+    return section[start : section.index("```", start)]
+
+
+def test_the_hosted_quick_start_says_how_a_free_account_embeds_on_compose_and_locally(compose: dict[str, Any]) -> None:
+    """The compose hosted service takes FREE_TIER_COMPUTE from .env, where .env.example has byok (a free account
+    without a provider gets 400 byok_required): the quick start's first embed is a free account's, so before it the
+    quick start says what makes it work on compose (FREE_TIER_COMPUTE=local in .env, or the account made paid in the
+    hosted service) and runs the local server with FREE_TIER_COMPUTE=local on a database it creates."""
+    hosted = compose["services"]["embedding-service-hosted"]
+    assert "FREE_TIER_COMPUTE" not in hosted["environment"] and hosted["env_file"] == ".env"
+    assert Settings(_env_file=ROOT / ".env.example").free_tier_compute == "byok"  # type: ignore[call-arg]
+    block = hosted_quick_start()
+    before_embed = block[: block.index("localhost:8090/v1/embed ")]
+    assert "FREE_TIER_COMPUTE=local in .env" in before_embed
+    assert "docker compose --profile hosted exec embedding-service-hosted embedding-service accounts set-tier" in (
+        before_embed
+    )
+    commands = " ".join(line for line in before_embed.replace("\\\n", " ").splitlines() if not line.startswith("#"))
+    serve = re.search(r"HOSTED=true .*embedding-service serve", commands)
+    assert serve is not None and "FREE_TIER_COMPUTE=local" in serve.group(0)
+    database = re.search(r"DATABASE_URL=postgresql://\S+/(\w+)", serve.group(0))
+    assert database is not None
+    assert f"createdb -h 127.0.0.1 -U postgres {database.group(1)}" in commands[: serve.start()]
 
 
 def compose_check(test: list[str]) -> list[str]:
