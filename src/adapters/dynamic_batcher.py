@@ -34,6 +34,7 @@ class _Job:
     future: asyncio.Future[Vectors]
     remaining: int
     remaining_tokens: int
+    queued_at: float = 0.0
     out: Vectors | None = None
     abandoned: bool = False
     failed: bool = False
@@ -57,7 +58,7 @@ class _Item:
 @dataclass
 class BatchPolicy:
     """How batches are formed: at most `max_texts` texts and `max_tokens` padded tokens per model call; a worker
-    that has just answered callers waits briefly (at most `max_wait_s`) for their next texts."""
+    that has just answered callers who are likely to come back waits briefly (at most `max_wait_s`) for them."""
 
     max_texts: int = 32
     max_tokens: int = 8192
@@ -77,6 +78,18 @@ class _Throughput:
         with self._lock:
             self._recent.append((tokens, max(seconds, 1e-6)))
             self.tokens_per_s = sum(t for t, _ in self._recent) / sum(s for _, s in self._recent)
+
+
+class _ReturnRate:
+    """The share of just-answered callers that send their next request within the gathering window: a moving
+    average, starting at 1 (closed-loop clients are the case the window is for). Worker thread only."""
+
+    def __init__(self, weight: float = 0.25) -> None:
+        self.rate = 1.0
+        self._weight = weight
+
+    def record(self, share: float) -> None:
+        self.rate += self._weight * (share - self.rate)
 
 
 def plan_batches(items: Sequence[_Item], policy: BatchPolicy) -> list[list[_Item]]:
@@ -135,6 +148,9 @@ class DynamicBatchingScheduler:
         self._answered = 0
         self._last_batch_end = 0.0
         self._last_batch_s = 0.0
+        self._arrivals: deque[float] = deque(maxlen=1024)  # when the requests the worker has seen were queued
+        self._returns = _ReturnRate()
+        self._window = (0.0, 0.0, 0)  # the last gathering window: its start, end and the callers answered before it
         self._active: set[_Job] = set()
         self._reserved_texts = 0  # of requests being tokenized for admission (event loop only)
         self._reserved_tokens = 0
@@ -174,6 +190,7 @@ class DynamicBatchingScheduler:
             future=loop.create_future(),
             remaining=len(texts),
             remaining_tokens=sum(tokens),
+            queued_at=time.monotonic(),
         )
         self._active.add(job)
         self._inbox.extend(_Item(job, i, count) for i, count in enumerate(tokens))
@@ -257,11 +274,13 @@ class DynamicBatchingScheduler:
             if batch is None:
                 return
             self._run(batch)
-            self._last_batch_end = time.monotonic()
 
     def _drain(self) -> None:
         while self._inbox:
-            self._pending.append(self._inbox.popleft())
+            item = self._inbox.popleft()
+            if item.index == 0:
+                self._arrivals.append(item.job.queued_at)
+            self._pending.append(item)
         self._pending = [item for item in self._pending if not item.job.dropped]
 
     def _wait_for_work(self) -> bool:
@@ -275,23 +294,48 @@ class DynamicBatchingScheduler:
             self._wakeup.clear()
 
     def _gather_stragglers(self) -> None:
-        """Callers answered by the last batch tend to send their next texts right away. Right after a batch (not
-        after idling), and while the next batch is not full, wait for them: at most max_wait_s, and at most a
-        quarter of the last batch's run time. Without this, callers split into groups that alternate in half-size
-        batches forever."""
+        """Callers answered by the last batch tend to send their next texts right away (a client with more to embed,
+        a pool of workers each waiting for its answer). Right after a batch (not after idling), and while the next
+        batch is not full, wait for those of them that are likely to return and have not yet: at most max_wait_s,
+        and at most a quarter of the last batch's run time. Without this, closed-loop callers split into groups that
+        alternate in half-size batches. A lone caller never waits: the one caller answered is the one now queued.
+        How many come back is learnt (`_returns`): from what arrived in each such window, waited for or not, so a
+        service whose answered callers do not come back soon stops waiting."""
         now = time.monotonic()
+        window = min(self._policy.max_wait_s, self._last_batch_s / 4)
+        self._learn_returns()
         recently = now - self._last_batch_end <= max(self._policy.max_wait_s, self._last_batch_s)
-        if not self._answered or not recently:
+        self._window = (self._last_batch_end, self._last_batch_end + window, self._answered)
+        if not self._answered or not recently or window <= 0:
             return
-        wanted = min(len(self._pending) + self._answered, self._policy.max_texts)
-        until = now + min(self._policy.max_wait_s, self._last_batch_s / 4)
-        while len(self._pending) < wanted and not self._closed:
+        expected = round(self._answered * self._returns.rate)
+        until = self._last_batch_end + window
+        while not self._closed and self._arrived_since(self._last_batch_end) < expected:
+            if sum(1 for item in self._pending if not item.job.dropped) >= self._policy.max_texts:
+                break
             left = until - time.monotonic()
             if left <= 0:
                 break
             self._wakeup.wait(left)
             self._wakeup.clear()
             self._drain()
+
+    def _arrived_since(self, moment: float, until: float = math.inf) -> int:
+        """Requests queued after `moment` (and by `until`), of those the worker has seen."""
+        count = 0
+        for queued_at in reversed(self._arrivals):
+            if queued_at <= moment:
+                break
+            count += queued_at <= until
+        return count
+
+    def _learn_returns(self) -> None:
+        """How many of the callers answered at the end of the previous window came back within it: the whole
+        window has passed since (a batch ran in between), and every request queued in it has been seen."""
+        start, end, answered = self._window
+        if answered and time.monotonic() > end:
+            self._returns.record(min(1.0, self._arrived_since(start, end) / answered))
+        self._window = (0.0, 0.0, 0)
 
     def _next_batch(self) -> list[_Item] | None:
         if not self._wait_for_work():
@@ -317,6 +361,7 @@ class DynamicBatchingScheduler:
         try:
             vectors = embedder.embed([item.text for item in batch])
         except Exception as exc:
+            self._last_batch_end = time.monotonic()
             jobs = list(dict.fromkeys(item.job for item in batch))
             if len(jobs) == 1:
                 log.error("embedding backend failed on %d texts of one request", len(batch), exc_info=exc)
@@ -329,7 +374,9 @@ class DynamicBatchingScheduler:
                 type(exc).__name__,
             )
             return sum(self._compute([item for item in batch if item.job is job]) for job in jobs if not job.dropped)
-        self._last_batch_s = time.monotonic() - started
+        # before any answer goes out: a caller's next request must count as arriving after this call
+        self._last_batch_end = time.monotonic()
+        self._last_batch_s = self._last_batch_end - started
         if log.isEnabledFor(logging.DEBUG):
             longest = max(item.tokens for item in batch)
             log.debug(
