@@ -17,6 +17,7 @@ from domain.model import ModelSpec, Vectors
 
 EXPORT_DIR = "onnx"
 GRAPH_FILE = "model.onnx"
+WEIGHTS_FILE = "model.onnx.data"  # the graph's initializers, kept outside it (ONNX external data)
 INT8_GRAPH_FILE = "model_qint8.onnx"
 MANIFEST_FILE = "export.json"
 OPSET = 17
@@ -31,7 +32,10 @@ def atomic_target(target: Path) -> Path:
 
 
 def export_manifest(spec: ModelSpec) -> dict[str, object]:
-    return {"weights_sha256": spec.weights_sha256, "opset": OPSET}
+    """What an export was made from, and how it is laid out: its weights in WEIGHTS_FILE beside the graph, which
+    ONNX Runtime maps from the file instead of parsing them into memory with the graph (~0.3 GB less at start-up
+    for mpnet). An export whose manifest differs (older ones kept the weights inside the graph) is made again."""
+    return {"weights_sha256": spec.weights_sha256, "opset": OPSET, "weights": WEIGHTS_FILE}
 
 
 def current_export(spec: ModelSpec, model_dir: Path) -> Path | None:

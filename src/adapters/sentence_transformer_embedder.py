@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +24,7 @@ from adapters.backend_artifacts import (
     INT8_GRAPH_FILE,
     MANIFEST_FILE,
     OPSET,
+    WEIGHTS_FILE,
     atomic_target,
     export_manifest,
 )
@@ -136,6 +139,7 @@ def export_onnx(spec: ModelSpec, model_dir: Path) -> Path:
             return embedding
 
     sample = model.tokenizer(["an example", "a slightly longer example sentence"], padding=True, return_tensors="pt")
+    (folder / MANIFEST_FILE).unlink(missing_ok=True)  # no export is current until the new one is complete
     staging = atomic_target(graph)
     dynamic = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
     # The tracer warns that a few Python conditions (attention-mask checks) become constants: they hold for every
@@ -153,7 +157,25 @@ def export_onnx(spec: ModelSpec, model_dir: Path) -> Path:
             dynamic_axes={**dynamic, "sentence_embedding": {0: "batch"}},
             opset_version=OPSET,
         )
-    staging.replace(graph)
+    _store_with_external_weights(staging, graph)
     (folder / INT8_GRAPH_FILE).unlink(missing_ok=True)  # derived from the old graph
     (folder / MANIFEST_FILE).write_text(json.dumps(export_manifest(spec)))
     return graph
+
+
+def _store_with_external_weights(exported: Path, graph: Path) -> None:
+    """Move the exported one-file graph to `graph`, its initializers into WEIGHTS_FILE beside it: the weights file
+    first, then the graph that names it, each replacing the old one whole."""
+    import onnx
+
+    model = onnx.load(str(exported))
+    exported.unlink()
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=graph.parent))
+    try:
+        onnx.save_model(
+            model, str(staging / GRAPH_FILE), save_as_external_data=True, location=WEIGHTS_FILE, size_threshold=1024
+        )
+        (staging / WEIGHTS_FILE).replace(graph.parent / WEIGHTS_FILE)
+        (staging / GRAPH_FILE).replace(graph)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

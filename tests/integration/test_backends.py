@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from typing import Any
@@ -114,12 +115,38 @@ def test_a_prepared_onnx_service_never_imports_torch() -> None:
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_the_export_keeps_its_weights_beside_the_graph_and_an_older_one_is_made_again() -> None:
+    """ONNX Runtime maps weights kept in an external-data file instead of parsing them into memory with the graph
+    (measured: 0.39 GB instead of 0.69 GB at session start-up for mpnet). An export laid out the old way (weights
+    inside the graph, a manifest without "weights") is not current: it is made again."""
+    from adapters.backend_artifacts import GRAPH_FILE, MANIFEST_FILE, WEIGHTS_FILE, current_export
+
+    loader("onnx").load()
+    folder = MODEL_ROOT / MINILM.name / "onnx"
+    graph, weights = folder / GRAPH_FILE, folder / WEIGHTS_FILE
+    assert graph.stat().st_size < 1_000_000 < 80_000_000 < weights.stat().st_size  # MiniLM: ~90 MB of weights
+    assert current_export(MINILM, MODEL_ROOT / MINILM.name) == graph
+
+    manifest = folder / MANIFEST_FILE
+    saved = manifest.read_text()
+    old = json.loads(saved)
+    del old["weights"]
+    manifest.write_text(json.dumps(old))
+    try:
+        assert current_export(MINILM, MODEL_ROOT / MINILM.name) is None
+        assert loader("onnx").load().embed(["again"]).shape == (1, MINILM.dimension)  # exported again
+        assert json.loads(manifest.read_text()) == json.loads(saved)
+        assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no staging left behind
+    finally:
+        if current_export(MINILM, MODEL_ROOT / MINILM.name) is None:
+            manifest.write_text(saved)
+
+
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_counting_tokens_while_the_model_runs_disturbs_neither(backend: str) -> None:
     """Admission counts tokens on the event loop and in helper threads while the inference thread embeds: the two
     must not share a tokenizer that a call reconfigures (transformers sets padding and truncation per call)."""
     import threading
-    import time
 
     embedder = loader(backend).load()
     texts = [f"event {i}: " + "word " * (i % 50) for i in range(16)]
@@ -138,18 +165,15 @@ def test_counting_tokens_while_the_model_runs_disturbs_neither(backend: str) -> 
 
     counter = threading.Thread(target=count)
     counter.start()
-    ends = time.monotonic() + 3
-    calls = 0
-    while time.monotonic() < ends:
+    for _ in range(8):  # a number of calls, not a time window: a loaded machine makes fewer calls in one
         try:
             vectors = embedder.embed(texts)
             assert cosines(vectors, expected_vectors).min() >= 0.99999
         except Exception as exc:
             failures.append(f"embedding raised {exc!r}")
-        calls += 1
     stop.set()
     counter.join(10)
-    assert calls > 5 and failures == []
+    assert failures == []
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx", "openvino"])
