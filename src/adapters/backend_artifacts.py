@@ -18,7 +18,7 @@ from domain.model import ModelSpec, Vectors
 EXPORT_DIR = "onnx"
 GRAPH_FILE = "model.onnx"
 WEIGHTS_FILE = "model.onnx.data"  # the graph's initializers, kept outside it (ONNX external data)
-INT8_GRAPH_FILE = "model_qint8.onnx"
+INT8_GRAPH_FILE = "model_int8_smoothquant.onnx"
 MANIFEST_FILE = "export.json"
 OPSET = 17
 

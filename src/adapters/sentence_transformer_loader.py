@@ -29,7 +29,8 @@ class SentenceTransformerLoader:
     """Provisions verified weights, loads them on the configured backend and pre-warms the model.
 
     Anything other than torch fp32 (ONNX Runtime, OpenVINO, fp16, int8) must reproduce the torch fp32 vectors of
-    BACKEND_CHECK_TEXTS at cosine >= `min_cosine` or the load fails (BackendDisagrees) and nothing is served.
+    BACKEND_CHECK_TEXTS at cosine >= `min_cosine` (`int8_min_cosine` for the opt-in int8 graph) or the load fails
+    (BackendDisagrees) and nothing is served.
     """
 
     def __init__(
@@ -41,6 +42,7 @@ class SentenceTransformerLoader:
         precision: Precision = "auto",
         quantization: Quantization = "none",
         min_cosine: float = 0.9999,
+        int8_min_cosine: float = 0.995,
     ) -> None:
         if quantization == "int8" and backend not in ("auto", "onnx"):
             raise ValueError("QUANTIZATION=int8 is available with INFERENCE_BACKEND=onnx only")
@@ -53,6 +55,7 @@ class SentenceTransformerLoader:
         self._precision = precision
         self._quantization = quantization
         self._min_cosine = min_cosine
+        self._int8_min_cosine = int8_min_cosine
 
     @property
     def spec(self) -> ModelSpec:
@@ -98,7 +101,7 @@ class SentenceTransformerLoader:
             graph = export_onnx(self._spec, path)
         precision = "fp32"
         if self._quantization == "int8":
-            graph, precision = quantize_int8(graph), "int8"
+            graph, precision = quantize_int8(graph, path, self._spec.max_seq_length), "int8"
         info = ModelInfo(
             spec=self._spec,
             library_version=version("sentence-transformers"),
@@ -107,9 +110,10 @@ class SentenceTransformerLoader:
             precision=precision,
         )
         runtime = onnxruntime_embedder if backend == "onnx" else openvino_embedder
-        return self._checked(runtime(graph, path, info), f"{backend} {precision}", path)
+        floor = self._int8_min_cosine if precision == "int8" else self._min_cosine
+        return self._checked(runtime(graph, path, info), f"{backend} {precision}", path, floor)
 
-    def _checked(self, embedder: Embedder, name: str, path: Path) -> Embedder:
+    def _checked(self, embedder: Embedder, name: str, path: Path, floor: float | None = None) -> Embedder:
         texts = list(BACKEND_CHECK_TEXTS)
         key = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
         reference = cached_reference(self._spec, path, key, len(texts))
@@ -120,7 +124,7 @@ class SentenceTransformerLoader:
             store_reference(self._spec, path, key, reference)
         # a few texts per call: the check should not set the process's memory high-water mark
         vectors = embed_by_length(embedder, texts, batch_size=4)
-        lowest = check_agreement(name, vectors, reference, self._min_cosine)
+        lowest = check_agreement(name, vectors, reference, self._min_cosine if floor is None else floor)
         log.info("backend %s agrees with torch fp32: minimum cosine %.6f over %d texts", name, lowest, len(texts))
         return _WithInfo(embedder, dataclasses.replace(embedder.info, min_cosine_vs_torch=lowest))
 

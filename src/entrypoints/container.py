@@ -201,6 +201,7 @@ class Container(containers.DeclarativeContainer):
             precision=config.precision,
             quantization=config.quantization,
             min_cosine=config.backend_min_cosine,
+            int8_min_cosine=config.int8_min_cosine,
         ),
         fake=providers.Singleton(FakeEmbedderLoader, model_spec),
     )

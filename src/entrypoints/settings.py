@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     backend_min_cosine: float = Field(
         0.9999, gt=0, le=1, description="agreement with torch fp32 a non-reference backend must reach to be served"
     )
+    int8_min_cosine: float = Field(
+        0.995, gt=0, le=1, description="agreement with torch fp32 the opt-in int8 graph (QUANTIZATION=int8) must reach"
+    )
 
     max_input_length: int = Field(8192, gt=0, description="characters per input")
     max_batch_size: int = Field(100, gt=0)

@@ -16,6 +16,7 @@ from adapters.model_provisioning import VerifiedModelProvisioner
 from adapters.sentence_transformer_loader import SentenceTransformerLoader
 from domain.errors import BackendDisagrees
 from domain.model import BACKEND_CHECK_TEXTS, KNOWN_MODELS, TokenIds
+from domain.services import embed_by_length
 from entrypoints.http.app import create_app
 from tests.support import AUTH, MODEL_ROOT, model_dir, real_model_settings, wait_ready
 
@@ -55,6 +56,18 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+def test_openvino_computes_in_f32_as_exported_even_on_a_cpu_with_bf16_units() -> None:
+    """OpenVINO's CPU plugin picks bf16 by itself where the CPU has bf16 units (this development machine has
+    AVX512_BF16): mpnet then reached only 0.99985 against torch, below the agreement floor, at 0.6x the speed."""
+    import openvino
+
+    from adapters.onnx_backends import openvino_compiled
+
+    loader("onnx").load()  # the export exists from here on
+    compiled = openvino_compiled(model_dir(MINILM.name) / "onnx" / "model.onnx")
+    assert compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32
+
+
 @pytest.mark.parametrize("backend", ["onnx", "openvino"])
 def test_backend_vectors_match_torch(backend: str) -> None:
     embedder = loader(backend).load()
@@ -69,14 +82,50 @@ def test_backend_vectors_match_torch(backend: str) -> None:
     assert counts[3] == 2 and counts[4] == MINILM.max_seq_length
 
 
-def test_int8_is_refused_unless_its_loss_is_accepted() -> None:
+MPNET = KNOWN_MODELS["all-mpnet-base-v2"]
+HELD_OUT = [  # none of them a check text
+    "Maria García, Northwind Traders, maria@northwind.example, +34 600 000 000",
+    "Reschedule the supplier audit in Kraków to next Tuesday at 9am",
+    "The committee approved the proposal after a long debate about costs and timelines.",
+    "Wir treffen uns morgen früh am Hauptbahnhof in München.",
+    "我们下周三在上海和供应商开会。",
+    "SELECT id, name FROM users WHERE created_at > '2024-01-01' ORDER BY name;",
+    "Engineers traced the outage to a misconfigured load balancer in the secondary region. " * 6,
+    "🚀 launch day! 🎉",
+    "42",
+    "Weekly running club: 5 km loop around the lake, all paces welcome, meet at the boathouse at 7.",
+    "Der Vertrag muss bis Freitag unterschrieben zurückgeschickt werden, sonst verfällt das Angebot.",
+    "kubectl get pods -n production -o wide | grep CrashLoopBackOff",
+    "Note " + " ".join(f"item {i}: follow up with the vendor about invoice {1000 + i}." for i in range(40)),
+]
+
+
+def int8_loader(spec: Any, floor: float = 0.995) -> SentenceTransformerLoader:
+    model_dir(spec.name)
+    provisioner = VerifiedModelProvisioner(MODEL_ROOT, sources=[])
+    return SentenceTransformerLoader(
+        spec, provisioner, device="cpu", backend="onnx", quantization="int8", int8_min_cosine=floor
+    )
+
+
+def test_the_int8_graph_agrees_with_torch_on_mpnet() -> None:
+    """SmoothQuant + dynamic int8 (plain dynamic int8 reached only 0.51 on mpnet): served under its own floor
+    (INT8_MIN_COSINE, 0.995) on the check texts, and as close on texts it was neither calibrated nor checked on."""
+    embedder = int8_loader(MPNET).load()
+    info = embedder.info
+    assert (info.backend, info.precision) == ("onnx", "int8")
+    assert info.min_cosine_vs_torch is not None and info.min_cosine_vs_torch >= 0.995
+    reference = SentenceTransformer(str(model_dir(MPNET.name)), device="cpu").encode(
+        HELD_OUT, normalize_embeddings=True
+    )
+    # by length, a few at a time, as the service batches them: int8 activations are quantized per call
+    assert cosines(embed_by_length(embedder, HELD_OUT, batch_size=4), reference).min() >= 0.995
+
+
+def test_int8_is_refused_below_its_floor() -> None:
     with pytest.raises(BackendDisagrees) as refused:
-        loader("onnx", quantization="int8").load()
-    lowest = refused.value.min_cosine
-    assert lowest < 0.9999 and refused.value.required == 0.9999
-    accepted = loader("onnx", quantization="int8", min_cosine=0.5).load()
-    assert (accepted.info.precision, accepted.info.min_cosine_vs_torch) == ("int8", pytest.approx(lowest, abs=1e-6))
-    assert accepted.embed(["still embeds"]).shape == (1, MINILM.dimension)
+        int8_loader(MPNET, floor=0.9999).load()
+    assert 0.995 <= refused.value.min_cosine < 0.9999 and refused.value.required == 0.9999
 
 
 def test_service_on_onnx_reports_its_backend_and_serves_torch_equal_vectors() -> None:
