@@ -45,7 +45,7 @@ async def embed(
         one_text = [TextItem(id=None, text=body.input)]
         async with metered(request, caller, 1, lambda: one.check(one_text, body.model, body.encoding_format, caller)):
             result = await one.execute(body.input, body.model, body.encoding_format, caller)
-        log.info("embedded 1 text (%d chars)", len(body.input))
+        log.debug("embedded 1 text (%d chars)", len(body.input))
         return VectorJSONResponse(render_one(result), headers=headers_for(request, result))
     started = time.perf_counter()
     items = [TextItem(id=None, text=text) for text in body.texts]
@@ -53,7 +53,7 @@ async def embed(
         request, caller, len(items), lambda: many.check(items, body.model, body.encoding_format, caller)
     ):
         result = await many.execute(items, body.model, body.encoding_format, caller)
-    log.info("embedded %d texts (%d chars)", len(body.texts), sum(len(t) for t in body.texts))
+    log.debug("embedded %d texts (%d chars)", len(body.texts), sum(len(t) for t in body.texts))
     return VectorJSONResponse(render_texts(result, started), headers=headers_for(request, result))
 
 
@@ -66,5 +66,5 @@ async def embed_batch(
         request, caller, len(items), lambda: use_case.check(items, body.model, body.encoding_format, caller)
     ):
         result = await use_case.execute(items, body.model, body.encoding_format, caller)
-    log.info("embedded batch of %d texts (%d chars)", len(items), sum(len(i.text) for i in items))
+    log.debug("embedded batch of %d texts (%d chars)", len(items), sum(len(i.text) for i in items))
     return VectorJSONResponse(render_batch(result), headers=headers_for(request, result))

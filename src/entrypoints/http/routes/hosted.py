@@ -43,7 +43,7 @@ async def v1_embed(
     one_text = [TextItem(id=None, text=body.text)]
     async with metered(request, caller, 1, lambda: use_case.check(one_text, body.model, body.encoding_format, caller)):
         result = await use_case.execute(body.text, body.model, body.encoding_format, caller, body.public)
-    log.info("embedded 1 text (%d chars) for %s", len(body.text), caller.tenant)
+    log.debug("embedded 1 text (%d chars) for %s", len(body.text), caller.tenant)
     return VectorJSONResponse(render_one(result), headers=headers_for(request, result))
 
 
@@ -56,7 +56,7 @@ async def v1_embed_batch(
         request, caller, len(items), lambda: use_case.check(items, body.model, body.encoding_format, caller)
     ):
         result = await use_case.execute(items, body.model, body.encoding_format, caller, body.public)
-    log.info("embedded %d texts (%d chars) for %s", len(items), sum(len(t) for t in body.texts), caller.tenant)
+    log.debug("embedded %d texts (%d chars) for %s", len(items), sum(len(t) for t in body.texts), caller.tenant)
     return VectorJSONResponse(render_batch(result), headers=headers_for(request, result))
 
 

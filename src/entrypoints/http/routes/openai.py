@@ -48,7 +48,7 @@ async def create_embeddings(
     check = lambda: use_case.check(items, body.model, caller=caller, dimensions=body.dimensions)  # noqa: E731
     async with metered(request, caller, len(items), check):
         result = await use_case.execute(items, body.model, caller, body.dimensions)
-    log.info("embedded %d inputs (%d tokens) for %s", len(items), result.tokens or 0, caller.tenant)
+    log.debug("embedded %d inputs (%d tokens) for %s", len(items), result.tokens or 0, caller.tenant)
     rendered = render_embeddings(result, body.model or result.model, body.encoding_format)
     return VectorJSONResponse(rendered, headers=headers_for(request, result))
 
