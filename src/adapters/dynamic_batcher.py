@@ -302,18 +302,19 @@ class DynamicBatchingScheduler:
         How many come back is learnt (`_returns`): from what arrived in each such window, waited for or not, so a
         service whose answered callers do not come back soon stops waiting."""
         now = time.monotonic()
-        window = min(self._policy.max_wait_s, self._last_batch_s / 4)
+        # one reading of the last call (another inference thread may finish one meanwhile)
+        end, call_s, answered = self._last_batch_end, self._last_batch_s, self._answered
+        window = min(self._policy.max_wait_s, call_s / 4)
         self._learn_returns()
-        recently = now - self._last_batch_end <= max(self._policy.max_wait_s, self._last_batch_s)
-        self._window = (self._last_batch_end, self._last_batch_end + window, self._answered)
-        if not self._answered or not recently or window <= 0:
+        recently = now - end <= max(self._policy.max_wait_s, call_s)
+        self._window = (end, end + window, answered)
+        if not answered or not recently or window <= 0:
             return
-        expected = round(self._answered * self._returns.rate)
-        until = self._last_batch_end + window
-        while not self._closed and self._arrived_since(self._last_batch_end) < expected:
+        expected = round(answered * self._returns.rate)
+        while not self._closed and self._arrived_since(end) < expected:
             if sum(1 for item in self._pending if not item.job.dropped) >= self._policy.max_texts:
                 break
-            left = until - time.monotonic()
+            left = end + window - time.monotonic()
             if left <= 0:
                 break
             self._wakeup.wait(left)

@@ -51,6 +51,8 @@ def build_int8(graph: Path, target: Path, tokenize: Tokenize, texts: Sequence[st
         maxima = _activation_maxima(graph, work, tokenize, texts)
         model = onnx.load(str(graph))
         quantized = _smooth(model, maxima)
+        if not quantized:  # an empty list would tell quantize_dynamic to take every MatMul
+            raise RuntimeError(f"{graph}: no weight MatMul to smooth and quantize")
         smoothed = work / "smoothed.onnx"
         onnx.save_model(model, str(smoothed), save_as_external_data=True, location="smoothed.data")
         del model

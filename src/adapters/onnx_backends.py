@@ -35,7 +35,11 @@ def quantize_int8(graph: Path, model_dir: Path, max_length: int) -> Path:
     tokenizer = _Tokenizer(model_dir, max_length)
     texts = calibration_texts()
     staging = atomic_target(target)
-    build_int8(graph, staging, tokenizer.encode, texts)
+    try:
+        build_int8(graph, staging, tokenizer.encode, texts)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
     staging.replace(target)
     return target
 

@@ -158,7 +158,8 @@ def export_onnx(spec: ModelSpec, model_dir: Path) -> Path:
             opset_version=OPSET,
         )
     _store_with_external_weights(staging, graph)
-    (folder / INT8_GRAPH_FILE).unlink(missing_ok=True)  # derived from the old graph
+    for derived in (INT8_GRAPH_FILE, "model_qint8.onnx"):  # derived from the old graph (and older versions' int8)
+        (folder / derived).unlink(missing_ok=True)
     (folder / MANIFEST_FILE).write_text(json.dumps(export_manifest(spec)))
     return graph
 
