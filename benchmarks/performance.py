@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -68,24 +67,14 @@ def vm_hwm_bytes(pid: int) -> int:
 # --- the in-process side --------------------------------------------------------------------------------------------
 
 
-def _tokenizer(model_dir: Path, max_length: int):  # type: ignore[no-untyped-def]
-    from tokenizers import Tokenizer
-
-    pad = json.loads((model_dir / "tokenizer_config.json").read_text())["pad_token"]
-    pad = pad["content"] if isinstance(pad, dict) else pad
-    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    tokenizer.enable_truncation(max_length=max_length)
-    tokenizer.enable_padding(pad_id=tokenizer.token_to_id(pad), pad_token=pad)
-    return tokenizer
-
-
 def graph_runner(backend: str, graph: Path, model_dir: Path, max_length: int) -> Encode:
-    """The exported graph in ONNX Runtime or OpenVINO with default options, fed by the model's tokenizer."""
-    tokenizer = _tokenizer(model_dir, max_length)
-    if backend == "openvino":
-        import openvino
+    """The exported graph in ONNX Runtime (default options) or OpenVINO (compiled as the service compiles it), fed by
+    the service's own tokenizing step (GraphTokenizer: truncation at the model's limit, padding to the longest)."""
+    from adapters.onnx_backends import GraphTokenizer, openvino_compiled
 
-        compiled = openvino.Core().compile_model(str(graph), "CPU")
+    tokenizer = GraphTokenizer(model_dir, max_length)
+    if backend == "openvino":
+        compiled = openvino_compiled(graph)
 
         def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
             return np.asarray(compiled(inputs)[0])
@@ -98,18 +87,9 @@ def graph_runner(backend: str, graph: Path, model_dir: Path, max_length: int) ->
             return np.asarray(session.run(["sentence_embedding"], inputs)[0])
 
     def encode(texts: Sequence[str], batch_size: int) -> np.ndarray:
-        out = []
-        for start in range(0, len(texts), batch_size):
-            encoded = tokenizer.encode_batch(list(texts[start : start + batch_size]))
-            out.append(
-                run(
-                    {
-                        "input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
-                        "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
-                    }
-                )
-            )
-        return np.concatenate(out)
+        return np.concatenate(
+            [run(tokenizer.encode(texts[start : start + batch_size])) for start in range(0, len(texts), batch_size)]
+        )
 
     return encode
 

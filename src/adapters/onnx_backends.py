@@ -32,7 +32,7 @@ def quantize_int8(graph: Path, model_dir: Path, max_length: int) -> Path:
     from adapters.int8_quantization import build_int8, calibration_texts
 
     log.info("building the int8 graph of %s once (calibration and quantization, about a minute)", graph)
-    tokenizer = _Tokenizer(model_dir, max_length)
+    tokenizer = GraphTokenizer(model_dir, max_length)
     texts = calibration_texts()
     staging = atomic_target(target)
     try:
@@ -44,7 +44,7 @@ def quantize_int8(graph: Path, model_dir: Path, max_length: int) -> Path:
     return target
 
 
-class _Tokenizer:
+class GraphTokenizer:
     """The model's own fast tokenizer (tokenizer.json, via `tokenizers`: no transformers, hence no torch import),
     truncating at the model's limit and padding to the longest text of a call."""
 
@@ -70,7 +70,7 @@ class ExportedGraphEmbedder:
 
     def __init__(self, run: Callable[[dict[str, np.ndarray]], np.ndarray], model_dir: Path, info: ModelInfo) -> None:
         self._run = run
-        self._tokenizer = _Tokenizer(model_dir, info.spec.max_seq_length)
+        self._tokenizer = GraphTokenizer(model_dir, info.spec.max_seq_length)
         self._counter = TokenCounter(model_dir / "tokenizer.json", info.spec.max_seq_length)
         self._info = info
 
