@@ -25,7 +25,6 @@ from adapters.backend_artifacts import (
     MANIFEST_FILE,
     OPSET,
     WEIGHTS_FILE,
-    atomic_target,
     export_manifest,
 )
 from adapters.token_counting import TokenCounter
@@ -140,24 +139,28 @@ def export_onnx(spec: ModelSpec, model_dir: Path) -> Path:
 
     sample = model.tokenizer(["an example", "a slightly longer example sentence"], padding=True, return_tensors="pt")
     (folder / MANIFEST_FILE).unlink(missing_ok=True)  # no export is current until the new one is complete
-    staging = atomic_target(graph)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))  # everything in the making, removed as one
     dynamic = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
-    # The tracer warns that a few Python conditions (attention-mask checks) become constants: they hold for every
-    # input this graph gets (a mask is always passed), and the loader's agreement check verifies the result.
-    with torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message="Exporting aten::index operator")
-        torch.onnx.export(
-            Pipeline(),
-            (sample["input_ids"], sample["attention_mask"]),
-            str(staging),
-            dynamo=False,
-            input_names=["input_ids", "attention_mask"],
-            output_names=["sentence_embedding"],
-            dynamic_axes={**dynamic, "sentence_embedding": {0: "batch"}},
-            opset_version=OPSET,
-        )
-    _store_with_external_weights(staging, graph)
+    try:
+        # The tracer warns that a few Python conditions (attention-mask checks) become constants: they hold for
+        # every input this graph gets (a mask is always passed), and the loader's agreement check verifies it.
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message="Exporting aten::index operator")
+            torch.onnx.export(
+                Pipeline(),
+                (sample["input_ids"], sample["attention_mask"]),
+                str(staging / "exported.onnx"),
+                dynamo=False,
+                input_names=["input_ids", "attention_mask"],
+                output_names=["sentence_embedding"],
+                dynamic_axes={**dynamic, "sentence_embedding": {0: "batch"}},
+                opset_version=OPSET,
+            )
+        _store_with_external_weights(staging / "exported.onnx", graph)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     for derived in (INT8_GRAPH_FILE, "model_qint8.onnx"):  # derived from the old graph (and older versions' int8)
         (folder / derived).unlink(missing_ok=True)
     (folder / MANIFEST_FILE).write_text(json.dumps(export_manifest(spec)))
@@ -166,17 +169,15 @@ def export_onnx(spec: ModelSpec, model_dir: Path) -> Path:
 
 def _store_with_external_weights(exported: Path, graph: Path) -> None:
     """Move the exported one-file graph to `graph`, its initializers into WEIGHTS_FILE beside it: the weights file
-    first, then the graph that names it, each replacing the old one whole."""
+    first, then the graph that names it, each replacing the old one whole (both written in the exported file's
+    folder first)."""
     import onnx
 
     model = onnx.load(str(exported))
     exported.unlink()
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=graph.parent))
-    try:
-        onnx.save_model(
-            model, str(staging / GRAPH_FILE), save_as_external_data=True, location=WEIGHTS_FILE, size_threshold=1024
-        )
-        (staging / WEIGHTS_FILE).replace(graph.parent / WEIGHTS_FILE)
-        (staging / GRAPH_FILE).replace(graph)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    staged = exported.parent
+    onnx.save_model(
+        model, str(staged / GRAPH_FILE), save_as_external_data=True, location=WEIGHTS_FILE, size_threshold=1024
+    )
+    (staged / WEIGHTS_FILE).replace(graph.parent / WEIGHTS_FILE)
+    (staged / GRAPH_FILE).replace(graph)

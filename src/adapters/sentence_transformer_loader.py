@@ -110,10 +110,9 @@ class SentenceTransformerLoader:
             precision=precision,
         )
         runtime = onnxruntime_embedder if backend == "onnx" else openvino_embedder
-        floor = self._int8_min_cosine if precision == "int8" else self._min_cosine
-        return self._checked(runtime(graph, path, info), f"{backend} {precision}", path, floor)
+        return self._checked(runtime(graph, path, info), f"{backend} {precision}", path)
 
-    def _checked(self, embedder: Embedder, name: str, path: Path, floor: float | None = None) -> Embedder:
+    def _checked(self, embedder: Embedder, name: str, path: Path) -> Embedder:
         texts = list(BACKEND_CHECK_TEXTS)
         key = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
         reference = cached_reference(self._spec, path, key, len(texts))
@@ -124,7 +123,8 @@ class SentenceTransformerLoader:
             store_reference(self._spec, path, key, reference)
         # a few texts per call: the check should not set the process's memory high-water mark
         vectors = embed_by_length(embedder, texts, batch_size=4)
-        lowest = check_agreement(name, vectors, reference, self._min_cosine if floor is None else floor)
+        floor = self._int8_min_cosine if embedder.info.precision == "int8" else self._min_cosine
+        lowest = check_agreement(name, vectors, reference, floor)
         log.info("backend %s agrees with torch fp32: minimum cosine %.6f over %d texts", name, lowest, len(texts))
         return _WithInfo(embedder, dataclasses.replace(embedder.info, min_cosine_vs_torch=lowest))
 

@@ -34,15 +34,23 @@ TEXTS = [
 ]
 
 
-def loader(backend: str, quantization: str = "none", min_cosine: float = 0.9999) -> SentenceTransformerLoader:
-    model_dir(MINILM.name)
+def loader(
+    backend: str,
+    quantization: str = "none",
+    min_cosine: float = 0.9999,
+    spec: Any = None,
+    int8_min_cosine: float = 0.995,
+) -> SentenceTransformerLoader:
+    spec = spec or MINILM
+    model_dir(spec.name)
     return SentenceTransformerLoader(
-        MINILM,
+        spec,
         VerifiedModelProvisioner(MODEL_ROOT, sources=[]),
         device="cpu",
         backend=backend,  # type: ignore[arg-type]
         quantization=quantization,  # type: ignore[arg-type]
         min_cosine=min_cosine,
+        int8_min_cosine=int8_min_cosine,
     )
 
 
@@ -100,18 +108,10 @@ HELD_OUT = [  # none of them a check text
 ]
 
 
-def int8_loader(spec: Any, floor: float = 0.995) -> SentenceTransformerLoader:
-    model_dir(spec.name)
-    provisioner = VerifiedModelProvisioner(MODEL_ROOT, sources=[])
-    return SentenceTransformerLoader(
-        spec, provisioner, device="cpu", backend="onnx", quantization="int8", int8_min_cosine=floor
-    )
-
-
 def test_the_int8_graph_agrees_with_torch_on_mpnet() -> None:
     """SmoothQuant + dynamic int8 (plain dynamic int8 reached only 0.51 on mpnet): served under its own floor
     (INT8_MIN_COSINE, 0.995) on the check texts, and as close on texts it was neither calibrated nor checked on."""
-    embedder = int8_loader(MPNET).load()
+    embedder = loader("onnx", "int8", spec=MPNET).load()
     info = embedder.info
     assert (info.backend, info.precision) == ("onnx", "int8")
     assert info.min_cosine_vs_torch is not None and info.min_cosine_vs_torch >= 0.995
@@ -124,7 +124,7 @@ def test_the_int8_graph_agrees_with_torch_on_mpnet() -> None:
 
 def test_int8_is_refused_below_its_floor() -> None:
     with pytest.raises(BackendDisagrees) as refused:
-        int8_loader(MPNET, floor=0.9999).load()
+        loader("onnx", "int8", spec=MPNET, int8_min_cosine=0.9999).load()
     assert 0.995 <= refused.value.min_cosine < 0.9999 and refused.value.required == 0.9999
 
 
