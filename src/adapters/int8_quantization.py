@@ -20,8 +20,12 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -93,22 +97,22 @@ def _activation_maxima(graph: Path, work: Path, tokenize: Tokenize, texts: Seque
         probe.unlink(missing_ok=True)
 
 
-def _smooth(model: object, maxima: dict[str, np.ndarray]) -> list[str]:
+def _smooth(model: onnx.ModelProto, maxima: dict[str, np.ndarray]) -> list[str]:
     """Smooth `model` in place; returns the names of the MatMuls to quantize (all smoothed ones)."""
     from onnx import helper, numpy_helper
 
-    graph = model.graph  # type: ignore[attr-defined]
+    graph = model.graph
     initializers = {tensor.name: tensor for tensor in graph.initializer}
-    groups: dict[str, list[object]] = {}
+    groups: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         if node.op_type == "MatMul" and node.input[1] in initializers and node.input[0] in maxima:
             rows, columns = initializers[node.input[1]].dims
             if rows <= columns:  # taller-than-wide weights (feed-forward outputs) stay fp32
                 groups.setdefault(node.input[0], []).append(node)
     quantized: list[str] = []
-    muls: list[tuple[list[object], object]] = []
+    muls: list[tuple[list[onnx.NodeProto], onnx.NodeProto]] = []
     for activation, nodes in groups.items():
-        weights = [numpy_helper.to_array(initializers[n.input[1]]) for n in nodes]  # type: ignore[attr-defined]
+        weights = [numpy_helper.to_array(initializers[n.input[1]]) for n in nodes]
         rows, columns = weights[0].shape
         alpha = ALPHA_SQUARE if rows == columns else ALPHA_WIDE
         weight_max = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
@@ -118,10 +122,10 @@ def _smooth(model: object, maxima: dict[str, np.ndarray]) -> list[str]:
         graph.initializer.append(numpy_helper.from_array((1.0 / scale).astype(np.float32), inverse))
         muls.append((nodes, helper.make_node("Mul", [activation, inverse], [smoothed], name=f"{activation}_smooth")))
         for node, weight in zip(nodes, weights, strict=True):
-            tensor = initializers[node.input[1]]  # type: ignore[attr-defined]
+            tensor = initializers[node.input[1]]
             tensor.CopyFrom(numpy_helper.from_array((weight * scale[:, None]).astype(np.float32), tensor.name))
-            node.input[0] = smoothed  # type: ignore[attr-defined]
-            quantized.append(node.name)  # type: ignore[attr-defined]
+            node.input[0] = smoothed
+            quantized.append(node.name)
     order = list(graph.node)
     for nodes, mul in muls:  # each Mul right before the first MatMul reading it: still in topological order
         order.insert(min(order.index(n) for n in nodes), mul)
