@@ -258,6 +258,13 @@ class TcpProxy:
 _SCHEDULERS: list[Any] = []
 
 
+def pool_of(host: Any, scheduler: Any = None) -> Any:
+    """A pool serving one model: its host and batcher (a fresh domain test scheduler unless given)."""
+    from domain.services import ModelPool, ServedModel
+
+    return ModelPool([ServedModel(host, scheduler if scheduler is not None else domain_test_scheduler())])
+
+
 def domain_test_scheduler(max_texts: int = 4) -> Any:
     """A dynamic batching scheduler for domain tests; tests/conftest.py shuts every one down after its module."""
     from adapters.dynamic_batcher import BatchPolicy, DynamicBatchingScheduler

@@ -134,13 +134,18 @@ class DynamicBatchingScheduler:
         max_workers: int = 1,
         admit_share: float = 0.8,
         metrics: MetricsRecorder | None = None,
+        cores: threading.Semaphore | None = None,
+        model: str = "",
     ) -> None:
+        self._model = model  # whose queue, in metrics
         self._metrics: MetricsRecorder = metrics or NoMetrics()
         self._timeout_s = timeout_s
         self._admit_share = admit_share
         self._max_queued = max_queued_texts
         self._policy = policy or BatchPolicy()
         self._max_workers = max_workers
+        # shared by the batchers of several models in one process: at most this many model calls run at once
+        self._cores = cores or threading.Semaphore(max_workers)
         self._inbox: deque[_Item] = deque()
         self._wakeup = threading.Event()
         self._select = threading.Lock()
@@ -208,7 +213,7 @@ class DynamicBatchingScheduler:
     def _report_queue(self) -> None:
         """The queue-depth gauge, set on the event loop (which alone changes the set of active requests)."""
         if self._metrics.enabled:
-            self._metrics.queued_texts(self.queued_texts)
+            self._metrics.queued_texts(self.queued_texts, self._model)
 
     def _admit(self, texts: int, tokens: int, arrived: float) -> None:
         """Refuse at once what the queue cannot hold or would not finish in time behind the work already queued
@@ -358,9 +363,10 @@ class DynamicBatchingScheduler:
         """One model call; returns how many requests it completed. When the backend fails on texts of several
         requests, each request is retried alone, so only the one whose own texts the backend cannot take fails."""
         embedder = batch[0].job.embedder
-        started = time.monotonic()
         try:
-            vectors = embedder.embed([item.text for item in batch])
+            with self._cores:
+                started = time.monotonic()
+                vectors = embedder.embed([item.text for item in batch])
         except Exception as exc:
             self._last_batch_end = time.monotonic()
             jobs = list(dict.fromkeys(item.job for item in batch))

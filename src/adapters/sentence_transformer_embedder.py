@@ -69,6 +69,7 @@ class SentenceTransformerEmbedder:
                 normalize_embeddings=True,
                 convert_to_numpy=True,
                 show_progress_bar=False,
+                prompt="",  # the caller's prompt is already in the text: never the model's default prompt
             )
         return np.asarray(vectors, dtype=np.float32)
 
@@ -85,6 +86,26 @@ class SentenceTransformerEmbedder:
         return self._counter.counts(texts)  # not self._model.tokenizer: encode() reconfigures it on every call
 
 
+def open_model(spec: ModelSpec, model_dir: Path, device: str) -> Any:
+    """The verified folder as a SentenceTransformer. A model whose architecture is code from its repository runs it
+    only because its pin says so (the loader refuses it unless MODEL_TRUST_REMOTE_CODE=true); code living in another
+    repository is fetched at the commit its lock entry pinned, never a branch."""
+    if not spec.trust_remote_code:
+        return SentenceTransformer(str(model_dir), device=device, local_files_only=True)
+    pinned = dict(spec.code_revisions)
+    if len(set(pinned.values())) > 1:
+        raise ValueError(f"{spec.name}: remote code pinned at several commits cannot be loaded ({pinned})")
+    code = {"code_revision": next(iter(pinned.values()))} if pinned else {}
+    return SentenceTransformer(
+        str(model_dir),
+        device=device,
+        local_files_only=not pinned,  # code in another repository: from the hub (or its cache) at the pinned commit
+        trust_remote_code=True,
+        model_kwargs=code,
+        config_kwargs=code,
+    )
+
+
 def load_sentence_transformer(
     spec: ModelSpec, path: str, requested_device: str, fp16: bool = False
 ) -> SentenceTransformerEmbedder:
@@ -93,7 +114,7 @@ def load_sentence_transformer(
     device = pick_device(requested_device)
     if fp16 and not device.startswith("cuda"):
         raise ValueError(f"fp16 needs a CUDA device; this one is {device!r} (use PRECISION=fp32 or auto)")
-    model = SentenceTransformer(path, device=device, local_files_only=True)
+    model = open_model(spec, Path(path), device)
     model.eval()
     if fp16:
         model.half()
@@ -114,9 +135,9 @@ def load_sentence_transformer(
 def reference_vectors(spec: ModelSpec, model_dir: Path, texts: Sequence[str]) -> Vectors:
     """torch fp32 CPU vectors of `texts`: what every other backend must agree with."""
     log.info("computing torch fp32 reference vectors of %s for the backend agreement check", spec.name)
-    model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True).eval()
+    model = open_model(spec, model_dir, "cpu").eval()
     with torch.inference_mode():
-        vectors = model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)
+        vectors = model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True, prompt="")
     return np.asarray(vectors, dtype=np.float32)
 
 
@@ -125,7 +146,7 @@ def export_onnx(spec: ModelSpec, model_dir: Path) -> Path:
     graph, stored beside the weights with a manifest naming the weights it was made from; returns the file."""
     folder = model_dir / EXPORT_DIR
     graph = folder / GRAPH_FILE
-    model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True).eval()
+    model = open_model(spec, model_dir, "cpu").eval()
 
     class Pipeline(torch.nn.Module):
         def __init__(self) -> None:

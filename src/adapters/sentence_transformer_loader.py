@@ -43,7 +43,12 @@ class SentenceTransformerLoader:
         quantization: Quantization = "none",
         min_cosine: float = 0.9999,
         int8_min_cosine: float = 0.995,
+        trust_remote_code: bool = False,
     ) -> None:
+        if spec.trust_remote_code and not trust_remote_code:
+            raise ValueError(
+                f"{spec.name} runs code from its repository; serve it only with MODEL_TRUST_REMOTE_CODE=true"
+            )
         if quantization == "int8" and backend not in ("auto", "onnx"):
             raise ValueError("QUANTIZATION=int8 is available with INFERENCE_BACKEND=onnx only")
         if precision == "fp16" and backend not in ("auto", "torch"):

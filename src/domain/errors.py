@@ -77,16 +77,17 @@ class PayloadTooLarge(DomainError):
 
 
 class UnknownModel(DomainError):
-    def __init__(self, requested: str, served: str, aliases: tuple[str, ...]) -> None:
+    def __init__(self, requested: str, served: tuple[str, ...], aliases: tuple[str, ...]) -> None:
+        names = ", ".join(repr(name) for name in served)
         super().__init__(
-            f"model {requested!r} is not served here; this service serves {served!r} "
+            f"model {requested!r} is not served here; this service serves {names} "
             f"(accepted names: {', '.join(aliases)})."
         )
         self.requested, self.served = requested, served
 
     @property
     def details(self) -> dict[str, object]:
-        return {"served_model": self.served}
+        return {"served_model": self.served[0], "served_models": list(self.served)}
 
 
 class UnsupportedDimensions(DomainError):

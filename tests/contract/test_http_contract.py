@@ -47,7 +47,8 @@ def client() -> Iterator[TestClient]:
 def health_body(status: str, ready: bool) -> dict[str, Any]:
     """The one /health body both clients read: peoplepad's status/model/ready, the events app's model_*."""
     name = "all-mpnet-base-v2"
-    return {"status": status, "ready": ready, "model": name, "model_loaded": ready, "model_name": name}
+    body = {"status": status, "ready": ready, "model": name, "model_loaded": ready, "model_name": name}
+    return body | {"models": {name: status}}  # each served model's own state (MODELS serves several)
 
 
 def error(response: Any) -> dict[str, Any]:
@@ -162,6 +163,23 @@ def test_metadata(client: TestClient) -> None:
         "min_cosine_vs_torch": None,
         "max_batch_size": 100,
         "max_input_length": 50,
+        "models": [
+            {
+                "model": "all-mpnet-base-v2",
+                "hub_id": "sentence-transformers/all-mpnet-base-v2",
+                "dimension": 768,
+                "max_seq_length": 384,
+                "revision": "e8c3b32edf5434bc2275fc9bab85f82640a19130",
+                "weights_sha256": "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+                "pooling": "mean",
+                "prompts": {},
+                "matryoshka_dimensions": [],
+                "device": "cpu",
+                "backend": "fake",
+                "precision": "fp32",
+                "min_cosine_vs_torch": None,
+            }
+        ],
     }
 
 
@@ -313,6 +331,7 @@ def test_unknown_model_is_400_naming_the_served_model(client: TestClient) -> Non
             "message": "model 'all-MiniLM-L6-v2' is not served here; this service serves 'all-mpnet-base-v2' "
             "(accepted names: all-mpnet-base-v2, sentence-transformers/all-mpnet-base-v2).",
             "served_model": "all-mpnet-base-v2",
+            "served_models": ["all-mpnet-base-v2"],
         }
     }
 
@@ -527,6 +546,7 @@ def test_openapi_paths_snapshot(client: TestClient) -> None:
         "model",
         "model_loaded",
         "model_name",
+        "models",
     ]
     dialects = spec["paths"]["/embed"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
     assert dialects == [

@@ -22,7 +22,7 @@ from domain.model import KNOWN_MODELS, SHARED_POOL, CacheScope, CacheStats, Call
 from domain.ports import EmbeddingCache
 from domain.services import ModelHost, text_key
 from domain.use_cases import EmbedBatch, EmbedOne, GetCacheStats, GetHealth
-from tests.support import domain_test_scheduler
+from tests.support import domain_test_scheduler, pool_of
 
 SPEC = KNOWN_MODELS["all-MiniLM-L6-v2"]
 ACME, GLOBEX = Caller(tenant="acme"), Caller(tenant="globex")
@@ -36,8 +36,8 @@ class Service:
         scheduler = domain_test_scheduler(max_texts=64)
         self.cache = FailSafeCache(store, shared_pool=shared_pool, retry_after_s=retry_after_s)
         limits = Limits(max_input_length=1000, max_batch_size=100)
-        self.one = EmbedOne(self.host, scheduler, limits, self.cache)
-        self.batch = EmbedBatch(self.host, scheduler, limits, self.cache)
+        self.one = EmbedOne(pool_of(self.host, scheduler), limits, self.cache)
+        self.batch = EmbedBatch(pool_of(self.host, scheduler), limits, self.cache)
 
     async def start(self) -> Service:
         await self.host.start()
@@ -267,7 +267,7 @@ def test_requests_do_not_wait_for_the_start_up_preparation_and_health_does() -> 
     async def scenario() -> None:
         store = SlowToPrepareStore()
         service = await Service(store).start()
-        health = GetHealth(service.host, service.cache)
+        health = GetHealth(pool_of(service.host), service.cache)
         service.cache.start()  # as the server's lifespan does
         started = time.monotonic()
         _, flags = await service.embed(["while preparing"])  # even before the start-up thread got going
@@ -368,7 +368,7 @@ def test_a_burst_does_not_wait_for_cache_calls_queued_behind_each_other(caplog: 
         store = SlowLookupStore()
         service = await Service(store).start()
         service.cache = FailSafeCache(store, wait_s=0.2)
-        service.batch = EmbedBatch(service.host, domain_test_scheduler(64), Limits(1000, 100), service.cache)
+        service.batch = EmbedBatch(pool_of(service.host, domain_test_scheduler(64)), Limits(1000, 100), service.cache)
         started = time.monotonic()
         results = await asyncio.gather(*(service.embed([f"burst {n}"]) for n in range(30)))
         assert time.monotonic() - started < 1.5  # not 30 lookups / a handful of threads x 1 s

@@ -16,7 +16,7 @@ from domain.errors import InputTooLong, InvalidInput, UnknownModel, UnsupportedD
 from domain.model import KNOWN_MODELS, Caller, EmbedInput, Limits, ModelSpec, TextItem, TextKeyRule, TokenIds
 from domain.services import ModelHost, input_key, text_key
 from domain.use_cases import EmbeddingResult, EmbedInputs
-from tests.support import domain_test_scheduler
+from tests.support import domain_test_scheduler, pool_of
 
 MINILM = KNOWN_MODELS["all-MiniLM-L6-v2"]
 MATRYOSHKA = replace(MINILM, name="tiny-matryoshka", dimension=8, matryoshka_dimensions=(4, 2))
@@ -33,7 +33,7 @@ def build(spec: ModelSpec = MATRYOSHKA, cache: FailSafeCache | None = None) -> B
     host = ModelHost(FakeEmbedderLoader(spec))
     limits = Limits(max_input_length=100, max_batch_size=10)
     cache = cache or FailSafeCache(NoEmbeddingCache())
-    return Built(EmbedInputs(host, domain_test_scheduler(), limits, cache), host)
+    return Built(EmbedInputs(pool_of(host, domain_test_scheduler()), limits, cache), host)
 
 
 def items(*values: EmbedInput) -> list[TextItem]:

@@ -45,15 +45,19 @@ def test_the_queue_gauge_follows_admitted_texts_and_overload_is_counted() -> Non
         metrics = PrometheusMetrics()
         embedder = GatedEmbedder()
         scheduler = DynamicBatchingScheduler(
-            timeout_s=10, max_queued_texts=6, policy=BatchPolicy(max_texts=8, max_wait_s=0), metrics=metrics
+            timeout_s=10,
+            max_queued_texts=6,
+            policy=BatchPolicy(max_texts=8, max_wait_s=0),
+            metrics=metrics,
+            model=SPEC.name,
         )
         first = asyncio.create_task(scheduler.run(embedder, ["a", "b", "c"]))
         while not embedder.entered.is_set():
             await asyncio.sleep(0.005)
-        assert sample(metrics, "embedding_queue_texts") == 3  # running
+        assert sample(metrics, "embedding_queue_texts", model=SPEC.name) == 3  # running
         second = asyncio.create_task(scheduler.run(embedder, ["d e", "f"]))
         await asyncio.sleep(0.05)
-        assert sample(metrics, "embedding_queue_texts") == 5  # and waiting
+        assert sample(metrics, "embedding_queue_texts", model=SPEC.name) == 5  # and waiting
         with pytest.raises(Overloaded):
             await scheduler.run(embedder, ["g", "h"])
         assert sample(metrics, "embedding_overloaded_total") == 1
@@ -61,7 +65,7 @@ def test_the_queue_gauge_follows_admitted_texts_and_overload_is_counted() -> Non
         await asyncio.gather(first, second)
         await asyncio.sleep(0.01)  # the last call's report reaches the event loop
         scheduler.shutdown()
-        assert sample(metrics, "embedding_queue_texts") == 0
+        assert sample(metrics, "embedding_queue_texts", model=SPEC.name) == 0
         assert sample(metrics, "embedding_texts_embedded_total", model=SPEC.name) == 5
         assert sample(metrics, "embedding_tokens_embedded_total", model=SPEC.name) == 3 * 3 + 4 + 3
         assert sample(metrics, "embedding_model_batch_size_count") == 2

@@ -21,7 +21,7 @@ from domain.model import KNOWN_MODELS, Caller, Limits, ProviderConfig, TextItem,
 from domain.services import ModelHost
 from domain.use_cases import DeleteProvider, EmbedBatch, GetProvider, RotateProviderKeys, SetProvider
 from domain.use_cases.embedding import ByokRouting
-from tests.support import domain_test_scheduler
+from tests.support import domain_test_scheduler, pool_of
 
 OLD, NEW = Fernet.generate_key().decode(), Fernet.generate_key().decode()
 KEY = "sk-test-0123456789abcdefWXYZ"
@@ -102,7 +102,7 @@ def build(free_tier_compute: str = "byok") -> tuple[EmbedBatch, FakeRemote, InMe
     cache = FailSafeCache(InMemoryEmbeddingCache(max_entries=100), shared_pool=True)
     byok = ByokRouting(store, FernetSecretBox(OLD), remote, free_tier_compute)
     limits = Limits(max_input_length=100, max_batch_size=10)
-    return EmbedBatch(host, domain_test_scheduler(), limits, cache, byok=byok), remote, store, host
+    return EmbedBatch(pool_of(host, domain_test_scheduler()), limits, cache, byok=byok), remote, store, host
 
 
 def embed(use_case: EmbedBatch, host: ModelHost, caller: Caller, *texts: str) -> tuple[list[bool], str, int]:

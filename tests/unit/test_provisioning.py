@@ -10,21 +10,24 @@ import pytest
 
 from adapters.model_provisioning import MODEL_FILES, WEIGHTS_FILE, VerifiedModelProvisioner
 from domain.errors import ModelIntegrityError
-from domain.model import KNOWN_MODELS, ModelSpec
+from domain.model import KNOWN_MODELS, ModelSpec, PinnedFile
 
 WEIGHTS = b"pretend safetensors"
 SPEC = dataclasses.replace(
     KNOWN_MODELS["all-MiniLM-L6-v2"],
-    weights_sha256=hashlib.sha256(WEIGHTS).hexdigest(),
-    weights_bytes=len(WEIGHTS),
+    files=(PinnedFile(WEIGHTS_FILE, hashlib.sha256(WEIGHTS).hexdigest(), len(WEIGHTS)),),
 )
+
+
+# as upstream ships it: a Normalize module listed whose folder is missing
+MODULES = b'[{"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]'
 
 
 def write_model(folder: Path, weights: bytes = WEIGHTS) -> None:
     for name in MODEL_FILES:
         target = folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(weights if name == WEIGHTS_FILE else b"{}")
+        target.write_bytes(weights if name == WEIGHTS_FILE else MODULES if name == "modules.json" else b"{}")
 
 
 class FolderSource:
@@ -57,7 +60,7 @@ def test_tampered_local_weights_are_refused(tmp_path: Path) -> None:
 
 def test_truncated_local_weights_are_refused_before_hashing(tmp_path: Path) -> None:
     write_model(tmp_path / SPEC.name, WEIGHTS[:-1])
-    with pytest.raises(ModelIntegrityError, match=f"are {len(WEIGHTS) - 1} bytes, expected {len(WEIGHTS)}"):
+    with pytest.raises(ModelIntegrityError, match=f"is {len(WEIGHTS) - 1} bytes, expected {len(WEIGHTS)}"):
         VerifiedModelProvisioner(tmp_path, [FolderSource("s")]).ensure(SPEC)
 
 

@@ -25,7 +25,7 @@ from domain.errors import (
 from domain.model import KNOWN_MODELS, Caller, Limits, TextItem
 from domain.services import ModelHost, ModelState
 from domain.use_cases import AuthenticateCaller, EmbedBatch, EmbedOne, GetHealth
-from tests.support import domain_test_scheduler
+from tests.support import domain_test_scheduler, pool_of
 
 SPEC = KNOWN_MODELS["all-mpnet-base-v2"]
 texts_strategy = st.lists(st.text(max_size=60), min_size=1, max_size=40)
@@ -41,7 +41,11 @@ def build(limits: Limits | None = None, micro_batch_size: int = 4) -> tuple[Embe
     scheduler_ = scheduler(micro_batch_size)
     limits = limits or Limits(max_input_length=100, max_batch_size=100)
     no_cache = FailSafeCache(NoEmbeddingCache())
-    return EmbedOne(host, scheduler_, limits, no_cache), EmbedBatch(host, scheduler_, limits, no_cache), host
+    return (
+        EmbedOne(pool_of(host, scheduler_), limits, no_cache),
+        EmbedBatch(pool_of(host, scheduler_), limits, no_cache),
+        host,
+    )
 
 
 async def ready(host: ModelHost) -> None:
@@ -126,13 +130,13 @@ def test_nothing_is_embedded_before_the_model_is_ready() -> None:
     async def scenario() -> None:
         host = ModelHost(FakeEmbedderLoader(SPEC, load_delay_s=0.3))
         no_cache = FailSafeCache(NoEmbeddingCache())
-        embed_one = EmbedOne(host, scheduler(), Limits(100, 100), no_cache)
+        embed_one = EmbedOne(pool_of(host, scheduler()), Limits(100, 100), no_cache)
         task = host.start()
-        assert GetHealth(host, no_cache).execute().ready is False
+        assert GetHealth(pool_of(host), no_cache).execute().ready is False
         with pytest.raises(ModelNotReady):
             await embed_one.execute("hi")
         await task
-        assert GetHealth(host, no_cache).execute().status == "ok"
+        assert GetHealth(pool_of(host), no_cache).execute().status == "ok"
         assert len((await embed_one.execute("hi")).items) == 1
 
     asyncio.run(scenario())
@@ -142,7 +146,7 @@ def test_failed_load_reports_error_health() -> None:
     async def scenario() -> None:
         host = ModelHost(FakeEmbedderLoader(SPEC, fail=True))
         await host.start()
-        report = GetHealth(host, FailSafeCache(NoEmbeddingCache())).execute()
+        report = GetHealth(pool_of(host), FailSafeCache(NoEmbeddingCache())).execute()
         assert (report.status, report.ready) == ("error", False)
 
     asyncio.run(scenario())

@@ -19,7 +19,6 @@ from domain.errors import (
     InvalidInput,
     ModelNotReady,
     ProviderUnavailable,
-    UnknownModel,
     UnsupportedDimensions,
     UnsupportedEncodingFormat,
 )
@@ -29,9 +28,9 @@ from domain.model import (
     Caller,
     EmbeddedItem,
     EmbedInput,
+    InputType,
     Limits,
     ModelInfo,
-    ModelSpec,
     Provider,
     TextItem,
     TextKeyRule,
@@ -42,14 +41,13 @@ from domain.model import (
 )
 from domain.ports import (
     Embedder,
-    InferenceScheduler,
     ProviderStore,
     RemoteEmbedder,
     RequestCache,
     SecretBox,
     UsageRecorder,
 )
-from domain.services import ModelHost, input_key, text_key
+from domain.services import ModelPool, ServedModel, input_key, text_key
 from domain.use_cases.keys import ANONYMOUS
 
 log = logging.getLogger(__name__)
@@ -103,15 +101,13 @@ INLINE_TOKEN_COUNT_CHARS = 4096  # counting tokens of shorter requests costs les
 class _EmbedTexts:
     def __init__(
         self,
-        host: ModelHost,
-        scheduler: InferenceScheduler,
+        models: ModelPool,
         limits: Limits,
         cache: RequestCache,
         usage: UsageRecorder | None = None,
         byok: ByokRouting | None = None,
     ) -> None:
-        self._host = host
-        self._scheduler = scheduler
+        self._models = models
         self._limits = limits
         self._cache = cache
         self._usage = usage
@@ -132,17 +128,15 @@ class _EmbedTexts:
             self._validate(items, None, encoding_format)
             _texts_only(items)
             return
-        self._validate(items, model, encoding_format)
+        served = self._validate(items, model, encoding_format)
         try:
-            embedder = self._host.embedder()
+            embedder = served.host.embedder()
         except ModelNotReady:
             return  # (token ids are checked against its vocabulary once it is loaded)
         _check_token_ids(items, embedder)
 
-    def _validate(self, items: Sequence[TextItem], model: str | None, encoding_format: str) -> ModelSpec:
-        spec = self._host.spec
-        if model is not None and not spec.answers_to(model):
-            raise UnknownModel(model, spec.name, spec.aliases)
+    def _validate(self, items: Sequence[TextItem], model: str | None, encoding_format: str) -> ServedModel:
+        served = self._models.pick(model)
         if encoding_format not in SUPPORTED_ENCODING_FORMATS:
             raise UnsupportedEncodingFormat(encoding_format)
         if not items:
@@ -163,7 +157,7 @@ class _EmbedTexts:
                     f"{where} holds an unpaired surrogate (U+{ord(item.text[position]):04X}) at character "
                     f"{position}, which no tokenizer can encode; send valid Unicode text."
                 )
-        return spec
+        return served
 
     async def _embed(
         self,
@@ -173,6 +167,7 @@ class _EmbedTexts:
         caller: Caller,
         public: bool,
         count_tokens: bool = False,
+        input_type: InputType = InputType.DOCUMENT,
     ) -> EmbeddingResult:
         arrived = time.monotonic()  # the deadline counts from here, cache lookup included
         metered = caller.metered and self._usage is not None
@@ -182,13 +177,14 @@ class _EmbedTexts:
             if day is not None:
                 self._record(caller, [item.text for item in items], result, day)
             return result
-        spec = self._validate(items, model, encoding_format)
-        embedder = self._host.embedder()
+        served = self._validate(items, model, encoding_format)
+        spec = served.spec
+        embedder = served.host.embedder()
         _check_token_ids(items, embedder)
-        texts = [item.text for item in items]
+        texts = prompted([item.text for item in items], spec.prompt_for(input_type))
         if not self._cache.enabled:
             started = time.monotonic()
-            vectors = await self._scheduler.run(embedder, texts, arrived)
+            vectors = await served.scheduler.run(embedder, texts, arrived)
             result = EmbeddingResult(
                 model=spec.name,
                 items=[EmbeddedItem(id=item.id, index=i, embedding=vectors[i]) for i, item in enumerate(items)],
@@ -196,7 +192,9 @@ class _EmbedTexts:
                 compute_ms=(time.monotonic() - started) * 1000,
             )
         else:
-            keys, by_key, cached, compute_s = await self._through_cache(embedder, caller, texts, arrived, public)
+            keys, by_key, cached, compute_s = await self._through_cache(
+                served, embedder, caller, texts, arrived, public
+            )
             result = EmbeddingResult(
                 model=spec.name,
                 items=[
@@ -292,7 +290,13 @@ class _EmbedTexts:
         )
 
     async def _through_cache(
-        self, embedder: Embedder, caller: Caller, texts: Sequence[EmbedInput], arrived: float, public: bool
+        self,
+        served: ServedModel,
+        embedder: Embedder,
+        caller: Caller,
+        texts: Sequence[EmbedInput],
+        arrived: float,
+        public: bool,
     ) -> tuple[list[bytes], dict[bytes, Vector], set[bytes], float]:
         """Look every distinct text key up once (the caller's own entries first, then the shared pool's), embed only
         the misses (one scheduler call), store them: in the caller's entries, or the shared pool when `public`."""
@@ -306,12 +310,21 @@ class _EmbedTexts:
         compute_s = 0.0
         if missing:
             started = time.monotonic()
-            vectors = await self._scheduler.run(embedder, [first_text[key] for key in missing], arrived)
+            vectors = await served.scheduler.run(embedder, [first_text[key] for key in missing], arrived)
             compute_s = time.monotonic() - started
             fresh = dict(zip(missing, vectors, strict=True))
             target = CacheScope(SHARED_POOL, scope.model, scope.variant) if public else scope
             await self._cache.save_in_time(target, fresh)
         return keys, {**found, **fresh}, set(found), compute_s
+
+
+def prompted(texts: Sequence[EmbedInput], prompt: str) -> list[EmbedInput]:
+    """What the model is given: each text behind the prompt of its input type (as sentence-transformers prefixes it),
+    so the prompt applied is part of the text's cache key too. Token ids are the model's input as sent: a caller
+    sending ids encodes any prompt itself."""
+    if not prompt:
+        return list(texts)
+    return [prompt + text if isinstance(text, str) else text for text in texts]
 
 
 async def _count_tokens(embedder: Embedder, texts: Sequence[EmbedInput]) -> int:
@@ -384,8 +397,10 @@ class EmbedOne(_EmbedTexts):
         encoding_format: str = "float",
         caller: Caller = ANONYMOUS,
         public: bool = False,
+        input_type: InputType = InputType.DOCUMENT,
     ) -> EmbeddingResult:
-        return await self._embed([TextItem(id=None, text=text)], model, encoding_format, caller, public)
+        items = [TextItem(id=None, text=text)]
+        return await self._embed(items, model, encoding_format, caller, public, input_type=input_type)
 
 
 class EmbedBatch(_EmbedTexts):
@@ -399,9 +414,10 @@ class EmbedBatch(_EmbedTexts):
         encoding_format: str = "float",
         caller: Caller = ANONYMOUS,
         public: bool = False,
+        input_type: InputType = InputType.DOCUMENT,
     ) -> EmbeddingResult:
         self._unique_ids(items)
-        return await self._embed(items, model, encoding_format, caller, public)
+        return await self._embed(items, model, encoding_format, caller, public, input_type=input_type)
 
     def check(
         self,
@@ -432,9 +448,10 @@ class EmbedInputs(_EmbedTexts):
         caller: Caller = ANONYMOUS,
         dimensions: int | None = None,
         public: bool = False,
+        input_type: InputType = InputType.DOCUMENT,
     ) -> EmbeddingResult:
         self._check_inputs(items, model, dimensions, caller)
-        result = await self._embed(items, model, "float", caller, public, count_tokens=True)
+        result = await self._embed(items, model, "float", caller, public, count_tokens=True, input_type=input_type)
         if dimensions is None or dimensions == result.dimensions:
             return result
         if result.source == "provider":  # it answered in its own dimension: the template sets any other
@@ -461,14 +478,12 @@ class EmbedInputs(_EmbedTexts):
     ) -> None:
         """On a provider (hosted free tier), `model` and `dimensions` are the provider's business: its template
         names its model, and its answer has the dimension it has."""
-        spec = self._host.spec
         remote = self._remote(caller)
-        if not remote and model is not None and not spec.answers_to(model):  # first: dimensions are of that model
-            raise UnknownModel(model, spec.name, spec.aliases)
+        spec = None if remote else self._models.pick(model).spec  # first: dimensions are of that model
         empty = next((i for i, item in enumerate(items) if len(item.text) == 0), None)
         if empty is not None:
             raise InvalidInput(f"input {empty} is empty; every input must hold at least one character or token id.")
-        if remote:
+        if spec is None:
             return
         if dimensions is not None and dimensions != spec.dimension and dimensions not in spec.matryoshka_dimensions:
             raise UnsupportedDimensions(dimensions, spec.name, spec.dimension, spec.matryoshka_dimensions)

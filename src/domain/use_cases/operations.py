@@ -2,58 +2,61 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from domain.errors import UnknownModel
 from domain.model import Limits, ModelInfo, ModelSpec
 from domain.ports import RequestCache
-from domain.services import ModelHost, ModelState
+from domain.services import ModelPool, ModelState
 
 
 @dataclass(frozen=True)
 class HealthReport:
     status: str
-    model: str
+    model: str  # the default model
     ready: bool
+    models: dict[str, str] = field(default_factory=dict)  # each served model's state
 
 
 class GetHealth:
-    """Report whether the served model is loaded and warm, and the cache's start-up preparation has run (ready does
+    """Report whether every served model is loaded and warm, and the cache's start-up preparation has run (ready does
     not depend on the cache being reachable: requests go on without it)."""
 
-    def __init__(self, host: ModelHost, cache: RequestCache) -> None:
-        self._host = host
+    def __init__(self, models: ModelPool, cache: RequestCache) -> None:
+        self._models = models
         self._cache = cache
 
     def execute(self) -> HealthReport:
-        state = self._host.state
+        state = self._models.state
         if state is ModelState.READY and not self._cache.settled:
             state = ModelState.LOADING
-        return HealthReport(status=state.value, model=self._host.spec.name, ready=state is ModelState.READY)
+        return HealthReport(
+            status=state.value,
+            model=self._models.default.spec.name,
+            ready=state is ModelState.READY,
+            models={model.spec.name: model.host.state.value for model in self._models.served},
+        )
 
 
 class GetMetadata:
-    """Describe the served model (name, dimension, revision, checksum, library version) and the request limits."""
+    """Describe the served models (name, dimension, revision, checksum, backend, prompts), the default first, and the
+    request limits."""
 
-    def __init__(self, host: ModelHost, limits: Limits) -> None:
-        self._host = host
+    def __init__(self, models: ModelPool, limits: Limits) -> None:
+        self._models = models
         self._limits = limits
 
-    def execute(self) -> tuple[ModelInfo, Limits]:
-        return self._host.embedder().info, self._limits
+    def execute(self) -> tuple[list[ModelInfo], Limits]:
+        return [model.host.embedder().info for model in self._models.served], self._limits
 
 
 class ListModels:
     """The models this service serves (loaded or still loading), or the one a name (short name or hub id) picks."""
 
-    def __init__(self, host: ModelHost) -> None:
-        self._host = host
+    def __init__(self, models: ModelPool) -> None:
+        self._models = models
 
     def execute(self) -> list[ModelSpec]:
-        return [self._host.spec]
+        return self._models.specs
 
     def find(self, name: str) -> ModelSpec:
-        spec = self._host.spec
-        if not spec.answers_to(name):
-            raise UnknownModel(name, spec.name, spec.aliases)
-        return spec
+        return self._models.pick(name).spec

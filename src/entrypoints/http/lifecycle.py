@@ -5,11 +5,13 @@ usage before the database closes (SIGTERM loses nothing)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
 
-from domain.services import ModelState
+from domain.ports import MetricsRecorder
+from domain.services import ModelHost, ModelState
 from entrypoints.container import Container
 
 log = logging.getLogger(__name__)
@@ -35,17 +37,19 @@ async def start_services(container: Container, hosted: bool) -> Started:
 
 
 def _time_model_load(container: Container) -> None:
-    """Start loading the model; with metrics on, its load time is recorded once it is ready."""
-    host, metrics = container.host(), container.metrics()
+    """Start loading every served model (each in its own thread, at once); with metrics on, each one's load time is
+    recorded once it is ready."""
+    metrics = container.metrics()
     began = time.monotonic()
-    loading = host.start()
-    if metrics.enabled:
+    for model in container.models().served:
+        loading = model.host.start()
+        if metrics.enabled:
+            loading.add_done_callback(functools.partial(_record_load, metrics, model.host, began))
 
-        def loaded(_: object) -> None:
-            if host.state is ModelState.READY:
-                metrics.model_loaded(host.spec.name, time.monotonic() - began)
 
-        loading.add_done_callback(loaded)
+def _record_load(metrics: MetricsRecorder, host: ModelHost, began: float, _: object) -> None:
+    if host.state is ModelState.READY:
+        metrics.model_loaded(host.spec.name, time.monotonic() - began)
 
 
 async def _prepare_database(container: Container) -> None:
@@ -68,7 +72,8 @@ async def _prepare_database(container: Container) -> None:
 async def stop_services(container: Container, started: Started) -> None:
     for task in started.tasks:
         task.cancel()
-    container.scheduler().shutdown()
+    for model in container.models().served:
+        model.scheduler.shutdown()
     await asyncio.to_thread(container.cache().close)
     if started.hosted:
         container.hasher().close()

@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from domain.model import TextItem
+from domain.model import InputType, TextItem
 from domain.use_cases import EmbedBatch, EmbedOne, GetCacheStats, GetHealth, GetUsage
 from entrypoints.http.deps import CallerDep, account_of_either, headers_for, metered, use
 from entrypoints.http.json_body import StrictJSONRoute
@@ -42,7 +42,9 @@ async def v1_embed(
 ) -> JSONResponse:
     one_text = [TextItem(id=None, text=body.text)]
     async with metered(request, caller, 1, lambda: use_case.check(one_text, body.model, body.encoding_format, caller)):
-        result = await use_case.execute(body.text, body.model, body.encoding_format, caller, body.public)
+        result = await use_case.execute(
+            body.text, body.model, body.encoding_format, caller, body.public, InputType(body.input_type)
+        )
     log.debug("embedded 1 text (%d chars) for %s", len(body.text), caller.tenant)
     return VectorJSONResponse(render_one(result), headers=headers_for(request, result))
 
@@ -55,7 +57,9 @@ async def v1_embed_batch(
     async with metered(
         request, caller, len(items), lambda: use_case.check(items, body.model, body.encoding_format, caller)
     ):
-        result = await use_case.execute(items, body.model, body.encoding_format, caller, body.public)
+        result = await use_case.execute(
+            items, body.model, body.encoding_format, caller, body.public, InputType(body.input_type)
+        )
     log.debug("embedded %d texts (%d chars) for %s", len(items), sum(len(t) for t in body.texts), caller.tenant)
     return VectorJSONResponse(render_batch(result), headers=headers_for(request, result))
 

@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from domain.model import Caller, TextItem
+from domain.model import Caller, InputType, TextItem
 from domain.use_cases import EmbedInputs, ListModels
 from entrypoints.http.deps import CallerDep, counted, headers_for, metered, use
 from entrypoints.http.errors import OPENAI_TAG
@@ -47,7 +47,9 @@ async def create_embeddings(
     items = [TextItem(id=None, text=value) for value in body.inputs()]
     check = lambda: use_case.check(items, body.model, caller=caller, dimensions=body.dimensions)  # noqa: E731
     async with metered(request, caller, len(items), check):
-        result = await use_case.execute(items, body.model, caller, body.dimensions)
+        result = await use_case.execute(
+            items, body.model, caller, body.dimensions, input_type=InputType(body.input_type)
+        )
     log.debug("embedded %d inputs (%d tokens) for %s", len(items), result.tokens or 0, caller.tenant)
     rendered = render_embeddings(result, body.model or result.model, body.encoding_format)
     return VectorJSONResponse(rendered, headers=headers_for(request, result))

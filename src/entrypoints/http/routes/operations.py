@@ -29,5 +29,5 @@ async def health(use_case: Annotated[GetHealth, use(GetHealth)]) -> JSONResponse
     dependencies=[Depends(counted)],
 )
 async def metadata(request: Request, use_case: Annotated[GetMetadata, use(GetMetadata)]) -> JSONResponse:
-    info, limits = use_case.execute()
-    return JSONResponse(render_metadata(info, limits), headers=headers_for(request))
+    infos, limits = use_case.execute()
+    return JSONResponse(render_metadata(infos, limits), headers=headers_for(request))

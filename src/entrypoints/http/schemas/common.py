@@ -3,7 +3,7 @@ configured limits into the OpenAPI document."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,6 +17,17 @@ def model_field() -> Any:
         None,
         description="served model: short name or hub id (another -> 400 unknown_model)",
         json_schema_extra=MODEL_FIELD_SCHEMA,
+    )
+
+
+InputTypeName = Literal["query", "document"]
+
+
+def input_type_field() -> Any:
+    return Field(
+        "document",
+        description="query or document: the model's prompt for that type is prefixed (nomic's \"search_query: \", "
+        'e5\'s "query: "); a model without prompts ignores it',
     )
 
 

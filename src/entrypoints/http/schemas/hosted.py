@@ -8,7 +8,13 @@ from typing import Any
 from pydantic import BaseModel, Field, StrictBool
 
 from domain.use_cases import CacheReport, EmbeddingResult, UsageReport
-from entrypoints.http.schemas.common import NON_EMPTY, encoding_format_field, model_field
+from entrypoints.http.schemas.common import (
+    NON_EMPTY,
+    InputTypeName,
+    encoding_format_field,
+    input_type_field,
+    model_field,
+)
 
 
 class V1EmbedRequest(BaseModel):
@@ -17,6 +23,7 @@ class V1EmbedRequest(BaseModel):
     text: str = Field(description="the text to embed")
     model: str | None = model_field()
     encoding_format: str = encoding_format_field()
+    input_type: InputTypeName = input_type_field()
     public: StrictBool = Field(
         False, description="store the computed vector in the shared pool: every tenant then finds this text cached"
     )
@@ -34,6 +41,7 @@ class V1EmbedBatchRequest(BaseModel):
     texts: list[str] = Field(description="texts to embed, answered in the same order", json_schema_extra=NON_EMPTY)
     model: str | None = model_field()
     encoding_format: str = encoding_format_field()
+    input_type: InputTypeName = input_type_field()
     public: StrictBool = Field(
         False, description="store computed vectors in the shared pool: every tenant then finds these texts cached"
     )

@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 
 from domain.model import EmbedInput, ModelSpec, TokenIds
 from domain.use_cases import EmbeddingResult
+from entrypoints.http.schemas.common import InputTypeName, input_type_field
 
 OWNER = "embedding-service"
 CREATED = 0  # `created` of a served model: unknown (not when a process started: that differs per worker)
@@ -63,6 +64,7 @@ class EmbeddingsRequest(BaseModel):
         "else only its full dimension (another -> 400)",
     )
     user: StrictStr | None = Field(None, description="accepted and ignored")
+    input_type: InputTypeName = input_type_field()
 
     def inputs(self) -> list[EmbedInput]:
         value = self.input

@@ -18,9 +18,30 @@ class HealthResponse(BaseModel):
     model: str
     model_loaded: bool
     model_name: str
+    models: dict[str, str] = Field(description="each served model (the default first): ok, loading or error")
+
+
+class ModelMetadata(BaseModel):
+    model: str
+    hub_id: str
+    dimension: int
+    max_seq_length: int
+    revision: str
+    weights_sha256: str
+    pooling: str
+    prompts: dict[str, str] = Field(description="the prefix each input_type (query, document) gets; {}: none")
+    matryoshka_dimensions: list[int] = Field(description="sizes `dimensions` may truncate to (besides the full one)")
+    device: str
+    backend: str = Field(description="torch, onnx or openvino")
+    precision: str = Field(description="fp32, fp16 or int8")
+    min_cosine_vs_torch: float | None = Field(
+        description="agreement with torch fp32 measured at start-up on the check texts; null for torch fp32 itself"
+    )
 
 
 class MetadataResponse(BaseModel):
+    """The default model's facts at the top level (what single-model clients read), every served model in `models`."""
+
     model: str
     hub_id: str
     dimension: int
@@ -37,6 +58,7 @@ class MetadataResponse(BaseModel):
     )
     max_batch_size: int
     max_input_length: int
+    models: list[ModelMetadata] = Field(description="every served model, the default first (MODELS)")
 
 
 def render_health(report: HealthReport) -> dict[str, Any]:
@@ -46,11 +68,32 @@ def render_health(report: HealthReport) -> dict[str, Any]:
         model=report.model,
         model_loaded=report.ready,
         model_name=report.model,
+        models=report.models,
     ).model_dump()
 
 
-def render_metadata(info: ModelInfo, limits: Limits) -> dict[str, Any]:
+def _model_metadata(info: ModelInfo) -> ModelMetadata:
     spec = info.spec
+    return ModelMetadata(
+        model=spec.name,
+        hub_id=spec.hub_id,
+        dimension=spec.dimension,
+        max_seq_length=spec.max_seq_length,
+        revision=spec.revision,
+        weights_sha256=spec.weights_sha256,
+        pooling=spec.pooling,
+        prompts=dict(spec.prompts),
+        matryoshka_dimensions=list(spec.matryoshka_dimensions),
+        device=info.device,
+        backend=info.backend,
+        precision=info.precision,
+        min_cosine_vs_torch=info.min_cosine_vs_torch,
+    )
+
+
+def render_metadata(infos: list[ModelInfo], limits: Limits) -> dict[str, Any]:
+    default = infos[0]
+    spec = default.spec
     return MetadataResponse(
         model=spec.name,
         hub_id=spec.hub_id,
@@ -59,11 +102,12 @@ def render_metadata(info: ModelInfo, limits: Limits) -> dict[str, Any]:
         revision=spec.revision,
         weights_sha256=spec.weights_sha256,
         library="sentence-transformers",
-        library_version=info.library_version,
-        device=info.device,
-        backend=info.backend,
-        precision=info.precision,
-        min_cosine_vs_torch=info.min_cosine_vs_torch,
+        library_version=default.library_version,
+        device=default.device,
+        backend=default.backend,
+        precision=default.precision,
+        min_cosine_vs_torch=default.min_cosine_vs_torch,
         max_batch_size=limits.max_batch_size,
         max_input_length=limits.max_input_length,
+        models=[_model_metadata(info) for info in infos],
     ).model_dump()
