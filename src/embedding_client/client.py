@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -47,7 +48,7 @@ def load_local_embedder(spec: ModelSpec) -> Embedder:
     from entrypoints.container import build_container
     from entrypoints.settings import Settings
 
-    settings = Settings(_env_file=None, model_name=spec.name)
+    settings = Settings(_env_file=None, model_name=spec.name, models="")
     embedder: Embedder = build_container(settings).loader().load()
     return embedder
 
@@ -142,8 +143,13 @@ class EmbeddingClient:
 
     @staticmethod
     def _known(name: str) -> ModelSpec:
+        """A built-in model, or one of the models lock file (MODELS_LOCK, else ./models.lock.json)."""
+        from adapters.model_lock import LockFileError, read_lock
+
         try:
-            return resolve_model(name)
+            return resolve_model(name, read_lock(Path(os.environ.get("MODELS_LOCK", "models.lock.json"))))
+        except LockFileError as exc:
+            raise ClientConfigurationError(str(exc)) from None
         except KeyError as exc:
             raise ClientConfigurationError(str(exc.args[0])) from None
 
@@ -250,21 +256,27 @@ class EmbeddingClient:
     def _verify_service(self) -> None:
         meta = _json_object(self._request("GET", "/metadata"))
         served_name = str(meta.get("model"))
-        try:
-            served = resolve_model(served_name)
-        except KeyError:
-            raise ModelMismatchError(
-                f"the service at {self.service_url} serves {served_name!r}, which this client does not know"
-            ) from None
-        expected = self._spec or served
-        identity = (meta.get("model"), meta.get("revision"), meta.get("weights_sha256"))
+        models = meta.get("models")
+        listed: list[Any] = models if isinstance(models, list) else [meta]  # MODELS: several served
+        served_models = {str(entry.get("model")): entry for entry in listed if isinstance(entry, dict)}
+        if self._spec is None:
+            try:
+                expected = self._known(served_name)
+            except ClientConfigurationError:
+                raise ModelMismatchError(
+                    f"the service at {self.service_url} serves {served_name!r}, which this client does not know"
+                ) from None
+        else:
+            expected = self._spec
+        entry = served_models.get(expected.name, meta if not served_models else {})
+        identity = (entry.get("model"), entry.get("revision"), entry.get("weights_sha256"))
         if identity != (expected.name, expected.revision, expected.weights_sha256):
             raise ModelMismatchError(
-                f"the service at {self.service_url} serves {served_name} (revision {meta.get('revision')}, "
-                f"weights {str(meta.get('weights_sha256'))[:12]}…) but this client's vectors are {expected.name} "
-                f"(revision {expected.revision}, weights {expected.weights_sha256[:12]}…); refusing to mix them. "
-                f"Point EMBEDDING_SERVICE_URL at a service serving {expected.name} or create the client with "
-                f"model={served_name!r}."
+                f"the service at {self.service_url} serves {', '.join(served_models) or served_name} (default "
+                f"{served_name}: revision {meta.get('revision')}, weights {str(meta.get('weights_sha256'))[:12]}…) but "
+                f"this client's vectors are {expected.name} (revision {expected.revision}, weights "
+                f"{expected.weights_sha256[:12]}…); refusing to mix them. Point EMBEDDING_SERVICE_URL at a service "
+                f"serving {expected.name} or create the client with model={served_name!r}."
             )
         self._spec = expected
         self._max_batch = max(1, int(meta.get("max_batch_size", DEFAULT_MAX_BATCH)))

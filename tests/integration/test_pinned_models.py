@@ -1,0 +1,137 @@
+"""Real weights served by pin: a tiny random BERT pinned in a lock file is served (ONNX Runtime, past the agreement
+gate) with its prompts and Matryoshka sizes, and the real mpnet and MiniLM served together by one process give the
+vectors each gives alone."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from adapters.model_lock import write_entry
+from domain.model import ModelSpec, PinnedFile
+from entrypoints.http.app import create_app
+from tests.support import AUTH, fake_settings, real_model_settings, wait_ready
+from tests.tiny_model import TINY_DIMENSION, TINY_MATRYOSHKA, TINY_MAX_SEQ_LENGTH, TINY_PROMPTS, save_tiny_model
+
+TEXTS = ["jazz night at the harbour", "Ada Lovelace, ACME Corp", "farmers market on the pier", "hello world"]
+
+
+def pin_folder(folder: Path, name: str) -> ModelSpec:
+    """The lock entry `models add` records for a folder: every file with its sha256 and size."""
+    files = tuple(
+        PinnedFile(
+            path.relative_to(folder).as_posix(), hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size
+        )
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    )
+    return ModelSpec(
+        name=name,
+        hub_id=f"tests/{name}",
+        revision="1" * 40,
+        files=files,
+        dimension=TINY_DIMENSION,
+        max_seq_length=TINY_MAX_SEQ_LENGTH,
+        matryoshka_dimensions=tuple(size for size in TINY_MATRYOSHKA if size < TINY_DIMENSION),
+        prompts=tuple(sorted(TINY_PROMPTS.items())),
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, ModelSpec]]:
+    root = tmp_path_factory.mktemp("pinned")
+    models = root / "models"
+    spec = pin_folder(save_tiny_model(models / "tiny-bert"), "tiny-bert")
+    lock = root / "models.lock.json"
+    write_entry(lock, spec)
+    yield models, lock, spec
+
+
+def pinned_settings(spec: ModelSpec, models: Path, lock: Path, **overrides: Any) -> Any:
+    """The real loader serving the pinned model from `models` (no built-in model needed)."""
+    values = {"models": spec.name, "model_path": models, "models_lock": lock, "hf_hub_offline": True}
+    return fake_settings(
+        embedder_backend="sentence_transformers", device="cpu", timeout_seconds=60, **values, **overrides
+    )
+
+
+def reference(folder: Path, texts: list[str], prompt_name: str) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    return np.asarray(model.encode(texts, prompt_name=prompt_name, normalize_embeddings=True), dtype=np.float32)
+
+
+def post(client: TestClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    response = client.post(path, json=body, headers=AUTH)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_a_pinned_model_is_served_with_its_prompts_and_matryoshka_sizes(
+    tiny: tuple[Path, Path, ModelSpec], backend: str
+) -> None:
+    models, lock, spec = tiny
+    folder = models / spec.name
+    settings = pinned_settings(spec, models, lock, inference_backend=backend)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        meta = client.get("/metadata", headers=AUTH).json()["models"][0]
+        assert (meta["model"], meta["backend"], meta["prompts"]) == (spec.name, backend, TINY_PROMPTS)
+        assert backend == "torch" or meta["min_cosine_vs_torch"] >= 0.9999  # the agreement gate ran
+        for input_type, prompt_name in (("query", "query"), ("document", "document")):
+            served = post(client, "/v1/embed/batch", {"texts": TEXTS, "input_type": input_type})["embeddings"]
+            np.testing.assert_allclose(np.asarray(served), reference(folder, TEXTS, prompt_name), atol=2e-5)
+        query = post(client, "/v1/embeddings", {"input": TEXTS[0], "input_type": "query", "dimensions": 16})
+        short = np.asarray(query["data"][0]["embedding"])
+        full = reference(folder, TEXTS[:1], "query")[0]
+        np.testing.assert_allclose(short, full[:16] / np.linalg.norm(full[:16]), atol=2e-5)
+        assert client.post("/v1/embeddings", json={"input": "x", "dimensions": 12}, headers=AUTH).status_code == 400
+
+
+def test_a_pinned_model_whose_files_differ_from_its_pin_is_not_served(
+    tiny: tuple[Path, Path, ModelSpec], tmp_path: Path
+) -> None:
+    models, lock, spec = tiny
+    tampered_root = tmp_path / "models"
+    save_tiny_model(tampered_root / spec.name, seed=1)  # the same layout, other weights
+    settings = pinned_settings(spec, tampered_root, lock)
+    with TestClient(create_app(settings)) as client:
+        for _ in range(200):
+            health = client.get("/health").json()
+            if health["status"] != "loading":
+                break
+            time.sleep(0.05)
+        assert health["status"] == "error"
+        refused = client.post("/v1/embed", json={"text": "x"}, headers=AUTH)
+        assert refused.status_code == 503
+
+
+def test_mpnet_and_minilm_served_together_give_the_vectors_each_gives_alone() -> None:
+    texts = [*TEXTS, "Été à Paris — café et musées", "Встреча с клиентом в пятницу"]
+
+    def vectors(settings: Any, models: list[str]) -> dict[str, np.ndarray]:
+        with TestClient(create_app(settings)) as client:
+            wait_ready(client, timeout_s=600)
+            return {
+                name: np.asarray(post(client, "/v1/embed/batch", {"texts": texts, "model": name})["embeddings"])
+                for name in models
+            }
+
+    both = vectors(
+        real_model_settings("all-mpnet-base-v2", models="all-mpnet-base-v2,all-MiniLM-L6-v2"),
+        ["all-mpnet-base-v2", "all-MiniLM-L6-v2"],
+    )
+    for name in ("all-mpnet-base-v2", "all-MiniLM-L6-v2"):
+        alone = vectors(real_model_settings(name), [name])[name]
+        assert both[name].shape == alone.shape
+        np.testing.assert_allclose(both[name], alone, atol=1e-6)
