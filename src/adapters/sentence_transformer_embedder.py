@@ -101,9 +101,19 @@ def open_model(spec: ModelSpec, model_dir: Path, device: str) -> Any:
         device=device,
         local_files_only=not pinned,  # code in another repository: from the hub (or its cache) at the pinned commit
         trust_remote_code=True,
-        model_kwargs=code,
-        config_kwargs=code,
+        model_kwargs=_KeepCodeRevision(code),
+        config_kwargs=dict(code),
     )
+
+
+class _KeepCodeRevision(dict[str, Any]):
+    """model_kwargs whose code_revision survives sentence-transformers 6.2 popping it (to resolve module classes)
+    before the same dict reaches AutoModel.from_pretrained, which would otherwise fetch the code from `main`."""
+
+    def pop(self, key: str, *default: Any) -> Any:
+        if key == "code_revision" and key in self:
+            return self[key]
+        return super().pop(key, *default)
 
 
 def load_sentence_transformer(

@@ -1,10 +1,11 @@
-"""Command line: `embedding-service serve`, `models pull NAME`, `embed-file IN OUT`, `cache seed|migrate|stats`,
-`accounts create|set-tier|list`, `keygen`, `ensure-env-key`."""
+"""Command line: `embedding-service serve`, `models add HUB_ID --revision SHA`, `models pull NAME`,
+`embed-file IN OUT`, `cache seed|migrate|stats`, `accounts create|set-tier|list`, `keygen`, `ensure-env-key`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import secrets
@@ -18,9 +19,11 @@ from typing import TypeVar
 from pydantic import ValidationError
 
 from adapters.metrics import MULTIPROC_DIR_VARIABLE, prepare_multiprocess_dir
+from adapters.model_adding import ModelRefused, add_model
+from adapters.model_lock import LockFileError, entry_of
 from adapters.resilience import describe_failure
-from domain.errors import DomainError
-from domain.model import KNOWN_MODELS, SHARED_POOL, Tier, resolve_model
+from domain.errors import DomainError, ModelIntegrityError
+from domain.model import SHARED_POOL, Tier, resolve_model
 from domain.ports import EmbeddingCache
 from domain.use_cases import ListAccounts, RotateProviderKeys, SetTier, SignUp
 from entrypoints.container import Container, build_container, use_case
@@ -89,19 +92,70 @@ def _metrics_across_workers(settings: Settings, workers: int) -> str | None:
     return None if configured else folder
 
 
+def _model_settings(args: argparse.Namespace) -> Settings:
+    return Settings(**({"model_path": Path(args.path)} if args.path else {}))  # type: ignore[arg-type]
+
+
 def pull(args: argparse.Namespace) -> int:
-    overrides: dict[str, object] = {"model_name": resolve_model(args.name).name}
-    if args.path:
-        overrides["model_path"] = Path(args.path)
-    settings = Settings(**overrides)  # type: ignore[arg-type]
-    container = build_container(settings)
+    """Download and verify a built-in model or one of the models lock file (MODELS_LOCK) into MODEL_PATH."""
+    settings = _model_settings(args)
     try:
-        folder = container.provisioner().ensure(container.model_spec())
+        spec = resolve_model(args.name, settings.catalog())
+    except KeyError as exc:
+        log.error("%s", exc.args[0])
+        return 2
+    try:
+        folder = build_container(settings).provisioner().ensure(spec)
     except Exception as exc:
         log.error("could not provision %s: %s", args.name, exc)
         return 1
     print(folder)
     return 0
+
+
+def add(args: argparse.Namespace) -> int:
+    """Add a model by its pin: download it from the hub at a commit, verified, and record it in MODELS_LOCK."""
+    settings = _model_settings(args)
+    if settings.hf_hub_offline:
+        log.error("models add downloads from the hub: unset HF_HUB_OFFLINE (or set it false) for this command")
+        return 2
+    token = settings.hf_token.get_secret_value() if settings.hf_token else None
+    try:
+        spec = add_model(
+            args.hub_id,
+            args.revision,
+            settings.model_path,
+            settings.models_lock,
+            name=args.name,
+            endpoint=settings.hf_endpoint,
+            token=token,
+            trust_remote_code=args.trust_remote_code or settings.model_trust_remote_code,
+            query_prompt=args.query_prompt,
+            document_prompt=args.document_prompt,
+            matryoshka=args.matryoshka,
+        )
+    except (ModelRefused, LockFileError) as exc:
+        log.error("not added: %s", exc)
+        return 2
+    except ModelIntegrityError as exc:
+        log.error("not added: %s", exc.message)
+        return 1
+    except Exception as exc:
+        log.error("could not add %s@%s: %s", args.hub_id, args.revision, describe_failure(exc))
+        return 1
+    print(json.dumps(entry_of(spec), indent=2))
+    log.info("%s is pinned in %s: serve it with MODEL_NAME=%s", spec.name, settings.models_lock, spec.name)
+    return 0
+
+
+def _sizes(value: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: comma-separated sizes, e.g. 768,512,256") from None
+    if not sizes:
+        raise argparse.ArgumentTypeError("at least one size")
+    return sizes
 
 
 def embed_file(args: argparse.Namespace) -> int:
@@ -351,8 +405,28 @@ def parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="manage model weights under MODEL_PATH")
     models_cmd = models.add_subparsers(dest="models_command", required=True)
+    add_cmd = models_cmd.add_parser(
+        "add",
+        help="pin a hub model: download it at a commit, verified, and record it in the models lock file",
+        description="Downloads the files sentence-transformers reads at the commit SHA (HF_ENDPOINT, HF_TOKEN), "
+        "checks each against the checksum the hub lists, and records in MODELS_LOCK the sha256 of every file and "
+        "the model's dimension, maximum sequence length, pooling, prompts and Matryoshka sizes; MODEL_NAME (or "
+        "MODELS) can then name it. A model running code of its own needs MODEL_TRUST_REMOTE_CODE=true or "
+        "--trust-remote-code.",
+    )
+    add_cmd.add_argument("hub_id", metavar="HUB_ID", help="e.g. BAAI/bge-small-en-v1.5")
+    add_cmd.add_argument("--revision", required=True, metavar="SHA", help="the full 40-character commit sha")
+    add_cmd.add_argument("--name", help="the name MODEL_NAME uses (default: HUB_ID's last part)")
+    add_cmd.add_argument("--query-prompt", metavar="P", help="prefix of queries (replaces the declared one; '' none)")
+    add_cmd.add_argument("--document-prompt", metavar="P", help="prefix of documents (replaces the declared one)")
+    add_cmd.add_argument(
+        "--matryoshka", type=_sizes, metavar="N,N,...", help="Matryoshka sizes (replaces those declared)"
+    )
+    add_cmd.add_argument("--trust-remote-code", action="store_true", help="as MODEL_TRUST_REMOTE_CODE=true")
+    add_cmd.add_argument("--path", help="model folder root (default: MODEL_PATH)")
+    add_cmd.set_defaults(func=add)
     pull_cmd = models_cmd.add_parser("pull", help="download and verify a model ahead of time")
-    pull_cmd.add_argument("name", choices=sorted({a for s in KNOWN_MODELS.values() for a in s.aliases}))
+    pull_cmd.add_argument("name", help="a built-in model or one of the models lock file, by name or hub id")
     pull_cmd.add_argument("--path", help="model folder root (default: MODEL_PATH)")
     pull_cmd.set_defaults(func=pull)
 

@@ -101,7 +101,7 @@ def test_a_pinned_model_is_served_with_its_prompts_and_matryoshka_sizes(
 def test_a_pinned_model_whose_files_differ_from_its_pin_is_not_served(
     tiny: tuple[Path, Path, ModelSpec], tmp_path: Path
 ) -> None:
-    models, lock, spec = tiny
+    _, lock, spec = tiny
     tampered_root = tmp_path / "models"
     save_tiny_model(tampered_root / spec.name, seed=1)  # the same layout, other weights
     settings = pinned_settings(spec, tampered_root, lock)
@@ -117,7 +117,7 @@ def test_a_pinned_model_whose_files_differ_from_its_pin_is_not_served(
 
 
 def test_mpnet_and_minilm_served_together_give_the_vectors_each_gives_alone() -> None:
-    texts = [*TEXTS, "Été à Paris — café et musées", "Встреча с клиентом в пятницу"]
+    texts = [*TEXTS, "Été à Paris — café et musées", "Встреча с клиентом в пятницу"]  # noqa: RUF001
 
     def vectors(settings: Any, models: list[str]) -> dict[str, np.ndarray]:
         with TestClient(create_app(settings)) as client:
