@@ -129,3 +129,19 @@ def test_an_interrupted_seed_keeps_its_stored_chunks_and_a_rerun_continues(tmp_p
     scope = CacheScope(SHARED_POOL, info.cache_model, info.cache_variant)
     stored = cache.get(scope, [text_key(info.text_key, t) for t in texts], count=False)
     assert len(stored) == 10
+
+
+def test_a_model_with_prompts_is_seeded_as_documents_are_requested(tmp_path: Path) -> None:
+    """Seeded texts are documents: keyed (and embedded) with the document prompt, as a request of them is."""
+    import dataclasses
+
+    prompted = dataclasses.replace(SPEC, prompts=(("document", "passage: "), ("query", "query: ")))
+    cache = SqliteEmbeddingCache(tmp_path / "c.sqlite3")
+    limits = Limits(max_input_length=100, max_batch_size=100)
+    SeedCache(FakeEmbedderLoader(prompted), cache, limits).execute(["farmers market"], "acme")
+    info = FakeEmbedder(prompted).info
+    scope = CacheScope("acme", info.cache_model, info.cache_variant)
+    as_document = text_key(info.text_key, "passage: farmers market")
+    stored = cache.get(scope, [as_document, text_key(info.text_key, "farmers market")], count=False)
+    assert list(stored) == [as_document]
+    assert (stored[as_document] == FakeEmbedder(prompted).embed(["passage: farmers market"])[0]).all()

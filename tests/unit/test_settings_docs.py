@@ -22,3 +22,7 @@ def test_env_example_is_a_valid_configuration() -> None:
     settings = Settings(_env_file=ROOT / ".env.example")  # type: ignore[call-arg]
     assert settings.cache_backend == "none"
     assert settings.model_name == "all-mpnet-base-v2"
+    assert settings.served_models() == ["all-mpnet-base-v2"]  # the peoplepad container serves one model
+    assert settings.max_input_length == 1024  # peoplepad's seed configuration
+    assert Settings.model_fields["max_input_length"].default == 8192  # the default, documented in the README
+    assert "| `MAX_INPUT_LENGTH` | `8192` |" in (ROOT / "README.md").read_text()

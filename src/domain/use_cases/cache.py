@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from itertools import islice
 
 from domain.errors import InvalidInput
-from domain.model import SHARED_POOL, TENANT_NAME, CacheScope, CacheStats, Caller, Limits, Vectors
+from domain.model import SHARED_POOL, TENANT_NAME, CacheScope, CacheStats, Caller, InputType, Limits, Vectors
 from domain.ports import EmbedderLoader, EmbeddingCache, RequestCache
 from domain.services import embed_by_length, text_key
 
@@ -65,6 +65,7 @@ class SeedCache:
         embedder = self._loader.load()
         info = embedder.info
         scope = CacheScope(tenant, info.cache_model, info.cache_variant)
+        prompt = info.spec.prompt_for(InputType.DOCUMENT)  # seeded texts are documents, keyed as requests key them
         seen: set[bytes] = set()
         total = cached = embedded = too_long = 0
         lines = iter(texts)
@@ -75,6 +76,7 @@ class SeedCache:
                 if len(text) > self._limits.max_input_length:
                     too_long += 1
                     continue
+                text = prompt + text
                 key = text_key(info.text_key, text)
                 if key not in seen:
                     seen.add(key)
