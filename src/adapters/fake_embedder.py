@@ -45,7 +45,7 @@ class FakeEmbedder:
 
     def _vector(self, text: EmbedInput) -> Vectors:
         """Token ids give the vector of their words: ids [7, 8] embed like the text "7 8"."""
-        words = " ".join(map(str, text.ids)) if isinstance(text, TokenIds) else text
+        words = text.prompt + " ".join(map(str, text.ids)) if isinstance(text, TokenIds) else text
         seed = int.from_bytes(hashlib.sha256(words.encode()).digest()[:8], "little")
         v = np.random.default_rng(seed).standard_normal(self._info.spec.dimension)
         return (v / np.linalg.norm(v)).astype(np.float32)

@@ -37,9 +37,10 @@ class TokenFraming:
     def special_ids(self) -> frozenset[int]:
         return frozenset({*self.prefix, *self.suffix, *(() if self.pad_id is None else (self.pad_id,))})
 
-    def frame(self, ids: Sequence[int]) -> list[int]:
+    def frame(self, ids: Sequence[int], prompt: Sequence[int] = ()) -> list[int]:
         """The ids with the special ones in place, truncated like a text's; padding sent along (on either side) is
-        dropped."""
+        dropped. `prompt` (the ids of a query/document prompt) goes right after the leading special ids, where the
+        prompt's tokens are when it is put before a text."""
         start, end = 0, len(ids)
         while self.pad_id is not None and start < end and ids[start] == self.pad_id:
             start += 1
@@ -50,6 +51,7 @@ class TokenFraming:
             content = content[len(self.prefix) :]
         if self.suffix and len(content) >= len(self.suffix) and tuple(content[-len(self.suffix) :]) == self.suffix:
             content = content[: -len(self.suffix)]
+        content = [*prompt, *content]
         room = max(0, self.max_length - len(self.prefix) - len(self.suffix))
         return [*self.prefix, *content[:room], *self.suffix]
 
@@ -91,7 +93,11 @@ class TokenCounter:
         """The token ids of each input as the model gets them (framed, truncated), not padded."""
         texts = [value for value in inputs if isinstance(value, str)]
         encoded = iter(self._tokenizer.encode_batch(texts) if texts else ())
-        return [self.framing.frame(v.ids) if isinstance(v, TokenIds) else next(encoded).ids for v in inputs]
+        return [self._framed(v) if isinstance(v, TokenIds) else next(encoded).ids for v in inputs]
+
+    def _framed(self, value: TokenIds) -> list[int]:
+        prompt = self._tokenizer.encode(value.prompt, add_special_tokens=False).ids if value.prompt else ()
+        return self.framing.frame(value.ids, prompt)
 
 
 def _pad_token(tokenizer_config: Path) -> str | None:

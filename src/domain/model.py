@@ -140,6 +140,7 @@ class TokenIds:
     without the model's special tokens; truncated at the model's limit like a text."""
 
     ids: tuple[int, ...]
+    prompt: str = ""  # the query/document prompt applied: its tokens go before these ids (after the special ones)
 
     def __len__(self) -> int:
         return len(self.ids)

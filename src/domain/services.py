@@ -153,7 +153,8 @@ def input_key(rule: TextKeyRule, value: EmbedInput) -> bytes:
     """The cache key of an input: a text's `text_key`; token ids hashed behind a 0xFF byte, which no UTF-8 text
     holds, so they never share a key with a text."""
     if isinstance(value, TokenIds):
-        return hashlib.sha256(b"\xfftoken-ids:" + ",".join(map(str, value.ids)).encode("ascii")).digest()
+        prompt = b"\x00prompt:" + value.prompt.encode("utf-8", "surrogatepass") if value.prompt else b""
+        return hashlib.sha256(b"\xfftoken-ids:" + ",".join(map(str, value.ids)).encode("ascii") + prompt).digest()
     return text_key(rule, value)
 
 

@@ -320,11 +320,10 @@ class _EmbedTexts:
 
 def prompted(texts: Sequence[EmbedInput], prompt: str) -> list[EmbedInput]:
     """What the model is given: each text behind the prompt of its input type (as sentence-transformers prefixes it),
-    so the prompt applied is part of the text's cache key too. Token ids are the model's input as sent: a caller
-    sending ids encodes any prompt itself."""
+    token ids with the prompt's tokens before them; so the prompt applied is part of each input's cache key too."""
     if not prompt:
         return list(texts)
-    return [prompt + text if isinstance(text, str) else text for text in texts]
+    return [prompt + text if isinstance(text, str) else replace(text, prompt=prompt) for text in texts]
 
 
 async def _count_tokens(embedder: Embedder, texts: Sequence[EmbedInput]) -> int:
