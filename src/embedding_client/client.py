@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
-from domain.model import ModelSpec, Vectors, resolve_model
+from domain.model import InputType, ModelSpec, Vectors, resolve_model
 from domain.ports import Embedder
 from domain.services import embed_by_length
 from embedding_client.errors import (
@@ -327,6 +327,8 @@ class EmbeddingClient:
                 self._local = self._load_local(spec)
         if self._local.info.spec != spec:
             raise ModelMismatchError(f"local embedder is {self._local.info.spec.name}, not {spec.name}")
-        vectors = embed_by_length(self._local, chunk, LOCAL_BATCH)
+        # as the service embeds texts sent to /embed: documents, behind the model's document prompt (if it has one)
+        prompt = spec.prompt_for(InputType.DOCUMENT)
+        vectors = embed_by_length(self._local, [prompt + text for text in chunk], LOCAL_BATCH)
         self.last_source = "local"
         return vectors

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -99,11 +100,46 @@ def test_refuses_a_service_that_serves_another_model() -> None:
         assert client.last_source is None
 
 
+def test_a_service_serving_several_models_serves_the_clients_one_whichever_is_its_default() -> None:
+    with served_app("all-mpnet-base-v2", models="all-mpnet-base-v2,all-MiniLM-L6-v2") as http:
+        client = EmbeddingClient("http://testserver", API_KEY, model="all-MiniLM-L6-v2", http_client=http)
+        np.testing.assert_array_equal(client.embed(TEXTS[:3]), expected(TEXTS[:3], MINILM))
+        assert (client.last_source, client.dimension) == ("service", 384)
+        default = EmbeddingClient("http://testserver", API_KEY, http_client=http)
+        np.testing.assert_array_equal(default.embed(TEXTS[:2]), expected(TEXTS[:2], MPNET))
+
+
 def test_without_a_url_it_embeds_in_process_with_the_same_vectors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EMBEDDING_MODEL", "all-MiniLM-L6-v2")
     client = EmbeddingClient(local_loader=fake_local)
     np.testing.assert_array_equal(client.embed(TEXTS), expected(TEXTS))
     assert client.last_source == "local"
+
+
+def test_a_models_document_prompt_is_applied_in_process_as_the_service_applies_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from adapters.model_lock import write_entry
+    from domain.model import PinnedFile
+
+    prompted = dataclasses.replace(
+        MINILM,
+        name="e5-like",
+        hub_id="example/e5-like",
+        prompts=(("document", "passage: "), ("query", "query: ")),
+        files=(*MINILM.files, PinnedFile("config.json", "cd" * 32, 600), PinnedFile("tokenizer.json", "ef" * 32, 9)),
+        required_files=(),
+    )
+    lock = tmp_path / "models.lock.json"
+    write_entry(lock, prompted)
+    monkeypatch.setenv("MODELS_LOCK", str(lock))
+    with served_app("e5-like", models_lock=lock) as http:
+        served = EmbeddingClient("http://testserver", API_KEY, model="e5-like", http_client=http).embed(TEXTS[:3])
+    local = EmbeddingClient(model="e5-like", local_loader=fake_local).embed(TEXTS[:3])
+    np.testing.assert_array_equal(local, served)
+    np.testing.assert_array_equal(local, expected([f"passage: {t}" for t in TEXTS[:3]], prompted))
 
 
 def test_without_a_url_or_model_it_says_what_to_set() -> None:
