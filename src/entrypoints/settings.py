@@ -197,6 +197,16 @@ class Settings(BaseSettings):
             raise ValueError(str(exc.args[0])) from None
         if len({spec.name for spec in specs}) != len(specs):
             raise ValueError(f"MODELS names one model twice: {', '.join(names)}")
+        if len(names) > 1 or self.models.strip():
+            try:
+                named = resolve_model(self.model_name, catalog)
+            except KeyError as exc:
+                raise ValueError(str(exc.args[0])) from None
+            if "model_name" in self.model_fields_set and named != specs[0]:
+                raise ValueError(
+                    f"MODEL_NAME={self.model_name} and MODELS={self.models} disagree on the default model: set "
+                    "MODELS alone (its first model is the default), or MODELS= (empty) to serve MODEL_NAME alone"
+                )
         for spec in specs:
             if spec.trust_remote_code and not self.model_trust_remote_code:
                 raise ValueError(

@@ -161,14 +161,20 @@ def compose_command_running(
 def test_compose_command_and_healthcheck_really_work(
     compose: dict[str, Any], tmp_path: Path, service: str, port: int
 ) -> None:
-    """Run the service's compose command (on a free port, fake backend) and probe it with its healthcheck."""
+    """Run the service's compose command (on a free port, fake backend) and probe it with its healthcheck. The .env
+    both read may name several models (MODELS, for the hosted service) and peoplepad's MAX_INPUT_LENGTH: each of
+    these two containers still serves its one model, the events one with the default input limit."""
     definition = compose["services"][service]
-    env = {**definition.get("environment", {}), "MODEL_PATH": str(MODEL_ROOT)}
+    shared_env_file = {"MODELS": "all-mpnet-base-v2,all-MiniLM-L6-v2", "MAX_INPUT_LENGTH": "1024"}
+    env = {**shared_env_file, **definition.get("environment", {}), "MODEL_PATH": str(MODEL_ROOT)}
     env |= {"EMBEDDER_BACKEND": "fake", "EMBEDDING_API_KEY": API_KEY}
     with compose_command_running(definition, port, env, tmp_path) as (base, _):
         health = httpx.get(f"{base}/health").json()
-        assert health["model_name"] == definition.get("environment", {}).get("MODEL_NAME", "all-mpnet-base-v2")
+        model = definition.get("environment", {}).get("MODEL_NAME", "all-mpnet-base-v2")
+        assert (health["model_name"], list(health["models"])) == (model, [model])
         auth = {"Authorization": f"Bearer {API_KEY}"}
+        limit = httpx.get(f"{base}/metadata", headers=auth).json()["max_input_length"]
+        assert limit == (1024 if service == "embedding-service" else 8192)
         for _ in range(2):  # no cache on these services
             assert httpx.post(f"{base}/v1/embed", json={"text": "t"}, headers=auth).json()["cached"] is False
 
