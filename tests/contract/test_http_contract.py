@@ -174,6 +174,7 @@ def test_metadata(client: TestClient) -> None:
                 "pooling": "mean",
                 "prompts": {},
                 "matryoshka_dimensions": [],
+                "state": "ok",
                 "device": "cpu",
                 "backend": "fake",
                 "precision": "fp32",

@@ -13,7 +13,7 @@ from domain.use_cases.accounts import (
 from domain.use_cases.cache import CacheReport, GetCacheStats, SeedCache, SeedReport
 from domain.use_cases.embedding import EmbedBatch, EmbeddingResult, EmbedInputs, EmbedOne, unpaired_surrogate
 from domain.use_cases.keys import ANONYMOUS, AuthenticateCaller, CreateKey, ListKeys, RevokeKey
-from domain.use_cases.operations import GetHealth, GetMetadata, HealthReport, ListModels
+from domain.use_cases.operations import GetHealth, GetMetadata, HealthReport, ListModels, ServedModelReport
 from domain.use_cases.providers import (
     DeleteProvider,
     GetProvider,
@@ -53,6 +53,7 @@ __all__ = [
     "RotationReport",
     "SeedCache",
     "SeedReport",
+    "ServedModelReport",
     "SetProvider",
     "SetTier",
     "SignUp",

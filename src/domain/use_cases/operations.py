@@ -37,16 +37,33 @@ class GetHealth:
         )
 
 
+@dataclass(frozen=True)
+class ServedModelReport:
+    spec: ModelSpec
+    state: str  # ok, loading or error
+    info: ModelInfo | None  # what the loaded embedder reports (backend, precision, agreement); None until loaded
+
+
 class GetMetadata:
     """Describe the served models (name, dimension, revision, checksum, backend, prompts), the default first, and the
-    request limits."""
+    request limits. The default model must be loaded (ModelNotReady); another one still loading (or failed) is
+    described by its pin and state."""
 
     def __init__(self, models: ModelPool, limits: Limits) -> None:
         self._models = models
         self._limits = limits
 
-    def execute(self) -> tuple[list[ModelInfo], Limits]:
-        return [model.host.embedder().info for model in self._models.served], self._limits
+    def execute(self) -> tuple[ModelInfo, list[ServedModelReport], Limits]:
+        default = self._models.default.host.embedder().info
+        reports = [
+            ServedModelReport(
+                model.spec,
+                model.host.state.value,
+                model.host.embedder().info if model.host.state is ModelState.READY else None,
+            )
+            for model in self._models.served
+        ]
+        return default, reports, self._limits
 
 
 class ListModels:

@@ -29,5 +29,5 @@ async def health(use_case: Annotated[GetHealth, use(GetHealth)]) -> JSONResponse
     dependencies=[Depends(counted)],
 )
 async def metadata(request: Request, use_case: Annotated[GetMetadata, use(GetMetadata)]) -> JSONResponse:
-    infos, limits = use_case.execute()
-    return JSONResponse(render_metadata(infos, limits), headers=headers_for(request))
+    default, models, limits = use_case.execute()
+    return JSONResponse(render_metadata(default, models, limits), headers=headers_for(request))

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from domain.model import Limits, ModelInfo
-from domain.use_cases import HealthReport
+from domain.use_cases import HealthReport, ServedModelReport
 
 
 class HealthResponse(BaseModel):
@@ -31,9 +31,10 @@ class ModelMetadata(BaseModel):
     pooling: str
     prompts: dict[str, str] = Field(description="the prefix each input_type (query, document) gets; {}: none")
     matryoshka_dimensions: list[int] = Field(description="sizes `dimensions` may truncate to (besides the full one)")
-    device: str
-    backend: str = Field(description="torch, onnx or openvino")
-    precision: str = Field(description="fp32, fp16 or int8")
+    state: str = Field(description="ok, loading or error; device, backend and precision are null until ok")
+    device: str | None
+    backend: str | None = Field(description="torch, onnx or openvino")
+    precision: str | None = Field(description="fp32, fp16 or int8")
     min_cosine_vs_torch: float | None = Field(
         description="agreement with torch fp32 measured at start-up on the check texts; null for torch fp32 itself"
     )
@@ -72,8 +73,8 @@ def render_health(report: HealthReport) -> dict[str, Any]:
     ).model_dump()
 
 
-def _model_metadata(info: ModelInfo) -> ModelMetadata:
-    spec = info.spec
+def _model_metadata(report: ServedModelReport) -> ModelMetadata:
+    spec, info = report.spec, report.info
     return ModelMetadata(
         model=spec.name,
         hub_id=spec.hub_id,
@@ -84,30 +85,22 @@ def _model_metadata(info: ModelInfo) -> ModelMetadata:
         pooling=spec.pooling,
         prompts=dict(spec.prompts),
         matryoshka_dimensions=list(spec.matryoshka_dimensions),
-        device=info.device,
-        backend=info.backend,
-        precision=info.precision,
-        min_cosine_vs_torch=info.min_cosine_vs_torch,
+        state=report.state,
+        device=info.device if info else None,
+        backend=info.backend if info else None,
+        precision=info.precision if info else None,
+        min_cosine_vs_torch=info.min_cosine_vs_torch if info else None,
     )
 
 
-def render_metadata(infos: list[ModelInfo], limits: Limits) -> dict[str, Any]:
-    default = infos[0]
-    spec = default.spec
+def render_metadata(default: ModelInfo, models: list[ServedModelReport], limits: Limits) -> dict[str, Any]:
+    listed = [_model_metadata(report) for report in models]
+    first = listed[0].model_dump(exclude={"pooling", "prompts", "matryoshka_dimensions", "state"})
     return MetadataResponse(
-        model=spec.name,
-        hub_id=spec.hub_id,
-        dimension=spec.dimension,
-        max_seq_length=spec.max_seq_length,
-        revision=spec.revision,
-        weights_sha256=spec.weights_sha256,
+        **first,
         library="sentence-transformers",
         library_version=default.library_version,
-        device=default.device,
-        backend=default.backend,
-        precision=default.precision,
-        min_cosine_vs_torch=default.min_cosine_vs_torch,
         max_batch_size=limits.max_batch_size,
         max_input_length=limits.max_input_length,
-        models=[_model_metadata(info) for info in infos],
+        models=listed,
     ).model_dump()
