@@ -4,6 +4,7 @@ a model by its pin with no network: 32 dimensions, query/document prompts and Ma
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 TINY_DIMENSION = 32
@@ -20,13 +21,22 @@ WORDS = (
 def save_tiny_model(folder: Path, seed: int = 0) -> Path:
     """Write the model into `folder` (its own random weights for each seed) and return it."""
     import torch
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory(prefix="tiny-bert-source-") as tmp:
+        _save(folder, Path(tmp))
+    settings = folder / "config_sentence_transformers.json"
+    document = json.loads(settings.read_text())
+    document["matryoshka_dimensions"] = list(TINY_MATRYOSHKA)
+    settings.write_text(json.dumps(document, indent=2))
+    return folder
+
+
+def _save(folder: Path, source: Path) -> None:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    torch.manual_seed(seed)
-    source = folder.parent / f".{folder.name}-source"
-    source.mkdir(parents=True, exist_ok=True)
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     vocabulary = specials + list(dict.fromkeys([*WORDS, ":", ",", ".", *"abcdefghijklmnopqrstuvwxyz0123456789"]))
     (source / "vocab.txt").write_text("\n".join(vocabulary) + "\n")
@@ -46,8 +56,3 @@ def save_tiny_model(folder: Path, seed: int = 0) -> Path:
         modules=[transformer, Pooling(TINY_DIMENSION, "mean"), Normalize()], prompts=dict(TINY_PROMPTS), device="cpu"
     )
     model.save(str(folder))
-    settings = folder / "config_sentence_transformers.json"
-    document = json.loads(settings.read_text())
-    document["matryoshka_dimensions"] = list(TINY_MATRYOSHKA)
-    settings.write_text(json.dumps(document, indent=2))
-    return folder

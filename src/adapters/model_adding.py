@@ -17,10 +17,10 @@ from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from adapters.model_lock import COMMIT, MODEL_NAME, read_lock, write_entry
-from adapters.model_provisioning import finish_model_dir, sha256_of
+from adapters.model_lock import COMMIT, MODEL_NAME, SERVED_FILES, clashing, read_lock, write_entry
+from adapters.model_provisioning import finish_model_dir, hub_download, sha256_of
 from domain.errors import ModelIntegrityError
-from domain.model import KNOWN_MODELS, WEIGHT_SUFFIXES, ModelSpec, PinnedFile
+from domain.model import WEIGHT_SUFFIXES, ModelSpec, PinnedFile
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def add_model(
         raise ModelRefused(f"the hub answers {hub_id}@{revision} with commit {info.sha}; pin a commit sha")
     listed = {sibling.rfilename: sibling for sibling in info.siblings or []}
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}~", dir=root))
     try:
         staged = _StagedModel(api, hub_id, revision, staging, listed, endpoint, token)
         spec = staged.pin(name, trust_remote_code)
@@ -111,11 +111,11 @@ def _check_pin(hub_id: str, revision: str, name: str, lock_path: Path) -> None:
         )
     if not MODEL_NAME.fullmatch(name):
         raise ModelRefused(f"model name {name!r}: use letters, digits, '_', '.', '-' (--name)")
-    for other in (*KNOWN_MODELS.values(), *(spec for spec in read_lock(lock_path) if spec.name != name)):
-        if {name, hub_id} & set(other.aliases):
-            raise ModelRefused(
-                f"{name} ({hub_id}) would share a name with {other.name} ({other.hub_id}); choose another --name"
-            )
+    other = clashing((name, hub_id), (spec for spec in read_lock(lock_path) if spec.name != name))
+    if other is not None:
+        raise ModelRefused(
+            f"{name} ({hub_id}) would share a name with {other.name} ({other.hub_id}); choose another --name"
+        )
 
 
 class _StagedModel:
@@ -147,6 +147,9 @@ class _StagedModel:
         weights = [path for path in chosen if path.endswith(WEIGHT_SUFFIXES)]
         if not weights:
             raise ModelRefused(f"{self._hub_id}@{self._revision[:12]} holds no weights sentence-transformers loads")
+        absent = [path for path in SERVED_FILES if path not in chosen]
+        if absent:  # every backend tokenizes and counts with the fast tokenizer's tokenizer.json
+            raise ModelRefused(f"{self._hub_id}@{self._revision[:12]} has no {', '.join(absent)} at its root")
         self._fetch([path for path in chosen if path not in weights and path not in self._pins])
         code = remote_code(self._folder, chosen)
         if code and not trust_remote_code:
@@ -169,19 +172,8 @@ class _StagedModel:
         )
 
     def _fetch(self, paths: Sequence[str]) -> None:
-        from huggingface_hub import hf_hub_download
-
-        for number, path in enumerate(paths, start=1):
-            log.info("hub download %s/%s: %s@%s %s", number, len(paths), self._hub_id, self._revision[:12], path)
-            hf_hub_download(
-                self._hub_id,
-                path,
-                revision=self._revision,
-                local_dir=self._folder,
-                endpoint=self._endpoint,
-                token=self._token,
-            )
-            self._pins[path] = self._verified(path)
+        for path in hub_download(self._hub_id, self._revision, paths, self._folder, self._endpoint, self._token):
+            self._pins[path] = self._verified(path)  # each checked as it arrives
 
     def _verified(self, path: str) -> PinnedFile:
         """The downloaded file's pin, once its size and checksum are the ones the hub lists (sha256 for an LFS
@@ -363,7 +355,7 @@ def declared_matryoshka(folder: Path) -> tuple[int, ...]:
 def _place(staging: Path, folder: Path, lock_path: Path, spec: ModelSpec) -> None:
     """Move the verified download to `folder` (replacing an earlier copy) and record its entry; if the entry cannot
     be written, the earlier copy is put back."""
-    previous = folder.with_name(f".{folder.name}-replaced-{secrets.token_hex(4)}") if folder.exists() else None
+    previous = folder.with_name(f".{folder.name}~replaced-{secrets.token_hex(4)}") if folder.exists() else None
     if previous is not None:
         folder.rename(previous)
     staging.rename(folder)

@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from adapters.backend_artifacts import atomic_target
-from domain.model import KNOWN_MODELS, InputType, ModelSpec, PinnedFile
+from domain.model import KNOWN_MODELS, WEIGHT_SUFFIXES, InputType, ModelSpec, PinnedFile
 
 LOCK_VERSION = 1
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+SERVED_FILES = ("config.json", "tokenizer.json")  # the architecture, and the tokenizer every backend counts with
 
 
 class LockFileError(ValueError):
@@ -43,16 +44,18 @@ def read_lock(path: Path) -> tuple[ModelSpec, ...]:
             spec = spec_from_entry(entry)
         except (KeyError, TypeError, ValueError) as exc:
             raise LockFileError(f"models lock file {path}, entry {number}: {exc}") from None
-        _check_unique(spec, specs, path)
+        other = clashing(spec.aliases, specs)
+        if other is not None:
+            shared = ", ".join(sorted(set(spec.aliases) & set(other.aliases)))
+            raise LockFileError(f"models lock file {path}: {shared} names two models")
         specs.append(spec)
     return tuple(specs)
 
 
-def _check_unique(spec: ModelSpec, earlier: Sequence[ModelSpec], path: Path) -> None:
-    for other in (*KNOWN_MODELS.values(), *earlier):
-        clash = set(spec.aliases) & set(other.aliases)
-        if clash:
-            raise LockFileError(f"models lock file {path}: {', '.join(sorted(clash))} names two models")
+def clashing(aliases: Iterable[str], others: Iterable[ModelSpec]) -> ModelSpec | None:
+    """The built-in model or one of `others` answering to one of `aliases` (a short name or hub id), if any."""
+    wanted = set(aliases)
+    return next((other for other in (*KNOWN_MODELS.values(), *others) if wanted & set(other.aliases)), None)
 
 
 def spec_from_entry(entry: Any) -> ModelSpec:
@@ -73,6 +76,12 @@ def spec_from_entry(entry: Any) -> ModelSpec:
     for pinned in files:
         if not SHA256.fullmatch(pinned.sha256) or pinned.size < 0 or _unsafe(pinned.path):
             raise ValueError(f"{name}: file {pinned.path!r} needs a safe relative path, a sha256 and a size")
+    paths = {pinned.path for pinned in files}
+    if not any(path.endswith(WEIGHT_SUFFIXES) for path in paths):
+        raise ValueError(f"{name}: no weights file is pinned, so its weights would be served unverified")
+    missing = sorted(set(SERVED_FILES) - paths)
+    if missing:
+        raise ValueError(f"{name}: pins no {', '.join(missing)}, which serving it reads")
     prompts = dict(entry.get("prompts") or {})
     unknown = set(prompts) - {kind.value for kind in InputType}
     if unknown:
@@ -125,11 +134,11 @@ def write_entry(path: Path, spec: ModelSpec) -> None:
     """Add `spec` to the lock file at `path` (created if absent), replacing an entry of the same name; the file is
     replaced whole, so a reader never sees half of it."""
     spec_from_entry(entry_of(spec))  # a spec that would not read back is never written
-    kept = [entry_of(other) for other in read_lock(path) if other.name != spec.name]
-    for other in (*KNOWN_MODELS.values(), *(spec_from_entry(e) for e in kept)):
-        if set(spec.aliases) & set(other.aliases):
-            raise LockFileError(f"{spec.name} ({spec.hub_id}) clashes with {other.name} ({other.hub_id})")
-    entries = sorted([*kept, entry_of(spec)], key=lambda e: str(e["name"]))
+    kept = [other for other in read_lock(path) if other.name != spec.name]
+    other = clashing(spec.aliases, kept)
+    if other is not None:
+        raise LockFileError(f"{spec.name} ({spec.hub_id}) clashes with {other.name} ({other.hub_id})")
+    entries = sorted([*map(entry_of, kept), entry_of(spec)], key=lambda e: str(e["name"]))
     staging = atomic_target(path)
     staging.write_text(json.dumps({"version": LOCK_VERSION, "models": entries}, indent=2) + "\n", encoding="utf-8")
     staging.replace(path)

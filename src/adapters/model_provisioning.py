@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -105,19 +105,21 @@ class HuggingFaceHubModelSource:
         self._token = token or None
 
     def fetch(self, spec: ModelSpec, dest: Path) -> None:
-        from huggingface_hub import hf_hub_download
+        for _ in hub_download(spec.hub_id, spec.revision, files_of(spec), dest, self._endpoint, self._token):
+            pass
 
-        names = files_of(spec)
-        for number, filename in enumerate(names, start=1):
-            log.info("hub download %s/%s: %s@%s %s", number, len(names), spec.hub_id, spec.revision[:12], filename)
-            hf_hub_download(
-                spec.hub_id,
-                filename,
-                revision=spec.revision,
-                local_dir=dest,
-                endpoint=self._endpoint,
-                token=self._token,
-            )
+
+def hub_download(
+    hub_id: str, revision: str, paths: Sequence[str], dest: Path, endpoint: str | None, token: str | None
+) -> Iterator[str]:
+    """Download each of `paths` of `hub_id` at `revision` into `dest` (progress in the log), yielding each path once
+    it is there."""
+    from huggingface_hub import hf_hub_download
+
+    for number, path in enumerate(paths, start=1):
+        log.info("hub download %s/%s: %s@%s %s", number, len(paths), hub_id, revision[:12], path)
+        hf_hub_download(hub_id, path, revision=revision, local_dir=dest, endpoint=endpoint, token=token)
+        yield path
 
 
 @dataclass(frozen=True)
@@ -212,11 +214,11 @@ class VerifiedModelProvisioner:
             log.info("model %s found verified at %s", spec.name, folder)
             return folder
         self._root.mkdir(parents=True, exist_ok=True)
-        for stale in self._root.glob(f".{spec.name}-*"):  # staging left by an interrupted download
+        for stale in self._root.glob(f".{spec.name}~*"):  # staging left by an interrupted download
             shutil.rmtree(stale, ignore_errors=True)
         failures: list[str] = []
         for source in self._sources:
-            staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=self._root))
+            staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}~", dir=self._root))
             try:
                 log.info("provisioning %s from %s", spec.name, source.name)
                 source.fetch(spec, staging)

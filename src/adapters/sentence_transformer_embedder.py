@@ -27,6 +27,7 @@ from adapters.backend_artifacts import (
     WEIGHTS_FILE,
     export_manifest,
 )
+from adapters.model_adding import remote_code
 from adapters.token_counting import TokenCounter
 from domain.model import EmbedInput, ModelInfo, ModelSpec, Vectors
 
@@ -93,6 +94,11 @@ def open_model(spec: ModelSpec, model_dir: Path, device: str) -> Any:
     if not spec.trust_remote_code:
         return SentenceTransformer(str(model_dir), device=device, local_files_only=True)
     pinned = dict(spec.code_revisions)
+    configs = [path.relative_to(model_dir).as_posix() for path in model_dir.rglob("*config.json")]
+    elsewhere = {ref.split("--")[0] for ref in remote_code(model_dir, configs) if "--" in ref}
+    unpinned = sorted(elsewhere - set(pinned))
+    if unpinned:  # transformers would fetch that code from the repository's default branch
+        raise ValueError(f"{spec.name} runs code from {', '.join(unpinned)}, which its lock entry does not pin")
     if len(set(pinned.values())) > 1:
         raise ValueError(f"{spec.name}: remote code pinned at several commits cannot be loaded ({pinned})")
     code = {"code_revision": next(iter(pinned.values()))} if pinned else {}
@@ -103,6 +109,7 @@ def open_model(spec: ModelSpec, model_dir: Path, device: str) -> Any:
         trust_remote_code=True,
         model_kwargs=_KeepCodeRevision(code),
         config_kwargs=dict(code),
+        processor_kwargs=dict(code),
     )
 
 

@@ -124,6 +124,20 @@ def test_a_revision_that_is_not_a_full_commit_sha_is_refused(
     assert requested == [] and not env["lock"].exists() and not env["models"].exists()
 
 
+def test_a_repository_without_a_fast_tokenizer_is_refused_before_its_weights_are_fetched(
+    tiny: Path, env: dict[str, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    repository = served_copy(tiny, tmp_path / "repository")
+    (repository / "tokenizer.json").unlink()
+    with serve_fake_hub(HUB_ID, REVISION, repository) as endpoint:
+        code = add(monkeypatch, endpoint, HUB_ID, "--revision", REVISION)
+        requested = list(serve_fake_hub.requests)  # type: ignore[attr-defined]
+    assert code == 2
+    assert "has no tokenizer.json at its root" in caplog.text
+    assert not any("model.safetensors" in line for line in requested if line.startswith("GET"))
+    assert not env["lock"].exists() and not (env["models"] / NAME).exists()
+
+
 @pytest.mark.parametrize("corrupted", ["model.safetensors", "tokenizer.json"])
 def test_a_file_that_differs_from_the_hubs_checksum_is_refused_leaving_nothing(
     corrupted: str,

@@ -65,10 +65,12 @@ def test_truncated_local_weights_are_refused_before_hashing(tmp_path: Path) -> N
 
 
 def test_staging_left_by_an_interrupted_download_is_cleaned(tmp_path: Path) -> None:
-    (tmp_path / f".{SPEC.name}-abc123").mkdir()
-    (tmp_path / f".{SPEC.name}-abc123" / "partial").write_bytes(b"half")
+    (tmp_path / f".{SPEC.name}~abc123").mkdir()
+    (tmp_path / f".{SPEC.name}~abc123" / "partial").write_bytes(b"half")
+    other = tmp_path / f".{SPEC.name}-large~def456"  # another model's download (a name this one begins)
+    other.mkdir()
     VerifiedModelProvisioner(tmp_path, [FolderSource("pypi")]).ensure(SPEC)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [SPEC.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, SPEC.name]
 
 
 def test_unreachable_source_falls_back_to_the_next(tmp_path: Path) -> None:
