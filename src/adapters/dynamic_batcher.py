@@ -259,7 +259,8 @@ class DynamicBatchingScheduler:
         if self._threads:
             return
         for number in range(self._max_workers):
-            thread = threading.Thread(target=self._work, name=f"inference-{number}", daemon=True)
+            name = f"inference-{self._model}-{number}" if self._model else f"inference-{number}"
+            thread = threading.Thread(target=self._work, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
 

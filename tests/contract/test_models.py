@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,11 @@ PROMPTED = ModelSpec(
     name="tiny-e5",
     hub_id="example/tiny-e5",
     revision="0123456789abcdef0123456789abcdef01234567",
-    files=(PinnedFile("model.safetensors", "ab" * 32, 1234),),
+    files=(
+        PinnedFile("config.json", "cd" * 32, 600),
+        PinnedFile("model.safetensors", "ab" * 32, 1234),
+        PinnedFile("tokenizer.json", "ef" * 32, 9000),
+    ),
     dimension=32,
     max_seq_length=64,
     matryoshka_dimensions=(16, 8),
@@ -116,8 +121,18 @@ def test_health_is_ready_only_once_every_model_is() -> None:
         mini = client.post("/v1/embed", json={"text": "x", "model": MINILM.name}, headers=AUTH)
         assert (mini.status_code, mini.json()["error"]["type"]) == (503, "model_not_ready")
         assert client.post("/v1/embed", json={"text": "x"}, headers=AUTH).status_code == 200  # the default serves
+        meta = client.get("/metadata", headers=AUTH).json()  # the loading one described by its pin meanwhile
+        loading = meta["models"][1]
+        assert (meta["model"], meta["backend"], meta["models"][0]["state"]) == (MPNET.name, "fake", "ok")
+        assert (loading["model"], loading["dimension"], loading["state"], loading["backend"]) == (
+            MINILM.name,
+            384,
+            "loading",
+            None,
+        )
         body = wait_ready(client)
         assert body["models"] == {MPNET.name: "ok", MINILM.name: "ok"}
+        assert client.get("/metadata", headers=AUTH).json()["models"][1]["backend"] == "fake"
 
 
 def test_model_name_alone_keeps_meaning_one_model() -> None:
@@ -213,6 +228,10 @@ def test_a_lock_file_round_trips_and_refuses_what_is_not_a_pin(tmp_path: Path) -
 
     refused({"revision": "main"}, "a pin is a full 40-character commit sha")
     refused({"files": {}}, "no pinned files")
+    unweighted = {path: pin for path, pin in document["models"][0]["files"].items() if path != "model.safetensors"}
+    refused({"files": unweighted}, "no weights file is pinned")
+    untokenized = {path: pin for path, pin in document["models"][0]["files"].items() if path != "tokenizer.json"}
+    refused({"files": untokenized}, "pins no tokenizer.json")
     refused({"files": {"../escape.bin": {"sha256": "ab" * 32, "size": 1}}}, "safe relative path")
     refused({"files": {"model.safetensors": {"sha256": "not-a-sha", "size": 1}}}, "sha256")
     refused({"name": MINILM.name}, "names two models")
@@ -266,3 +285,58 @@ def test_the_models_batchers_share_the_cores() -> None:
 
     asyncio.run(scenario())
     assert most == 1
+
+
+class CountingLoader(FakeEmbedderLoader):
+    """Fake models whose calls (each taking a while) are counted across every model of the process."""
+
+    running = most = 0
+    guard = threading.Lock()
+
+    def load(self) -> FakeEmbedder:
+        loader = type(self)
+
+        class Counting(FakeEmbedder):
+            def embed(self, texts: Any) -> Any:
+                with loader.guard:
+                    loader.running += 1
+                    loader.most = max(loader.most, loader.running)
+                time.sleep(0.03)
+                with loader.guard:
+                    loader.running -= 1
+                return super().embed(texts)
+
+        return Counting(self.spec)
+
+
+def test_the_served_models_share_max_workers_cores_and_every_batcher_stops_with_the_server() -> None:
+    app = create_app(fake_settings(models=BOTH, max_workers=1, batch_wait_ms=0, micro_batch_size=1))
+    app.state.container.loader_for.override(providers.Factory(CountingLoader))
+    app.state.container.loader.override(providers.Object(CountingLoader(MPNET)))
+    with TestClient(app) as client:
+        wait_ready(client)
+
+        def send(model: str) -> int:
+            body = {"texts": [f"text {i}" for i in range(4)], "model": model}
+            return client.post("/v1/embed/batch", json=body, headers=AUTH).status_code
+
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(send, [MPNET.name, MINILM.name] * 2)) == [200] * 4
+        batchers = [
+            t for t in threading.enumerate() if t.name.startswith(("inference-all-mpnet", "inference-all-Mini"))
+        ]
+        assert {t.name.rsplit("-", 1)[0] for t in batchers} == {f"inference-{MPNET.name}", f"inference-{MINILM.name}"}
+    assert CountingLoader.most == 1  # MAX_WORKERS=1: one model call at a time across both models
+    assert not any(thread.is_alive() for thread in batchers)  # each model's batcher stopped
+
+
+def test_usage_is_recorded_per_model(tmp_path: Path) -> None:
+    from tests.contract.test_accounts_api import bearer, hosted, signup
+
+    with hosted(tmp_path, models=BOTH) as client:
+        key = signup(client)
+        for model in (MPNET.name, MINILM.name, MINILM.name):
+            assert client.post("/v1/embed", json={"text": "x", "model": model}, headers=bearer(key)).status_code == 200
+    with hosted(tmp_path, models=BOTH) as client:
+        rows = client.get("/v1/usage?days=1", headers=bearer(key)).json()["usage"]
+    assert sorted((row["model"], row["requests"]) for row in rows) == [(MINILM.name, 2), (MPNET.name, 1)]

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from adapters.model_lock import write_entry
 from domain.model import ModelSpec, PinnedFile
 from entrypoints.http.app import create_app
-from tests.support import AUTH, fake_settings, real_model_settings, wait_ready
+from tests.support import AUTH, fake_settings, model_dir, real_model_settings, wait_ready
 from tests.tiny_model import TINY_DIMENSION, TINY_MATRYOSHKA, TINY_MAX_SEQ_LENGTH, TINY_PROMPTS, save_tiny_model
 
 TEXTS = ["jazz night at the harbour", "Ada Lovelace, ACME Corp", "farmers market on the pier", "hello world"]
@@ -56,7 +56,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path,
 
 def pinned_settings(spec: ModelSpec, models: Path, lock: Path, **overrides: Any) -> Any:
     """The real loader serving the pinned model from `models` (no built-in model needed)."""
-    values = {"models": spec.name, "model_path": models, "models_lock": lock, "hf_hub_offline": True}
+    values = {"model_name": spec.name, "model_path": models, "models_lock": lock, "hf_hub_offline": True}
     return fake_settings(
         embedder_backend="sentence_transformers", device="cpu", timeout_seconds=60, **values, **overrides
     )
@@ -91,6 +91,17 @@ def test_a_pinned_model_is_served_with_its_prompts_and_matryoshka_sizes(
         for input_type, prompt_name in (("query", "query"), ("document", "document")):
             served = post(client, "/v1/embed/batch", {"texts": TEXTS, "input_type": input_type})["embeddings"]
             np.testing.assert_allclose(np.asarray(served), reference(folder, TEXTS, prompt_name), atol=2e-5)
+        # token ids of a text get the prompt's tokens after the leading [CLS]: the text's vector, prompt and all
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        for input_type in ("query", "document"):
+            ids = [tokenizer.encode(text).ids for text in TEXTS]
+            by_ids = post(client, "/v1/embeddings", {"input": ids, "input_type": input_type})["data"]
+            by_text = post(client, "/v1/embeddings", {"input": TEXTS, "input_type": input_type})["data"]
+            np.testing.assert_allclose(
+                [row["embedding"] for row in by_ids], [row["embedding"] for row in by_text], atol=2e-6
+            )
         query = post(client, "/v1/embeddings", {"input": TEXTS[0], "input_type": "query", "dimensions": 16})
         short = np.asarray(query["data"][0]["embedding"])
         full = reference(folder, TEXTS[:1], "query")[0]
@@ -127,6 +138,7 @@ def test_mpnet_and_minilm_served_together_give_the_vectors_each_gives_alone() ->
                 for name in models
             }
 
+    model_dir("all-MiniLM-L6-v2")  # provisioned (real_model_settings provisions the one it names)
     both = vectors(
         real_model_settings("all-mpnet-base-v2", models="all-mpnet-base-v2,all-MiniLM-L6-v2"),
         ["all-mpnet-base-v2", "all-MiniLM-L6-v2"],
@@ -135,3 +147,32 @@ def test_mpnet_and_minilm_served_together_give_the_vectors_each_gives_alone() ->
         alone = vectors(real_model_settings(name), [name])[name]
         assert both[name].shape == alone.shape
         np.testing.assert_allclose(both[name], alone, atol=1e-6)
+
+
+def test_remote_code_is_run_only_when_trusted_and_only_at_pinned_commits(
+    tiny: tuple[Path, Path, ModelSpec], tmp_path: Path
+) -> None:
+    """The loader refuses a lock entry running code unless MODEL_TRUST_REMOTE_CODE; loading refuses code that lives
+    in a repository the entry does not pin, before fetching anything."""
+    import dataclasses
+    import json
+    import shutil
+
+    from adapters.model_provisioning import VerifiedModelProvisioner
+    from adapters.sentence_transformer_embedder import open_model
+    from adapters.sentence_transformer_loader import SentenceTransformerLoader
+
+    models, _, spec = tiny
+    remote = dataclasses.replace(spec, trust_remote_code=True)
+    provisioner = VerifiedModelProvisioner(models, [])
+    with pytest.raises(ValueError, match="MODEL_TRUST_REMOTE_CODE=true"):
+        SentenceTransformerLoader(remote, provisioner)
+    SentenceTransformerLoader(remote, provisioner, trust_remote_code=True)  # trusted: accepted
+
+    folder = tmp_path / "nomic-like"
+    shutil.copytree(models / spec.name, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "example/bert-code--modeling_x.XModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="runs code from example/bert-code, which its lock entry does not pin"):
+        open_model(remote, folder, "cpu")

@@ -110,6 +110,7 @@ def test_mpnet_metadata_reports_the_loaded_model(mpnet: TestClient, direct_mpnet
         "model": "all-mpnet-base-v2",
         "model_loaded": True,
         "model_name": "all-mpnet-base-v2",
+        "models": {"all-mpnet-base-v2": "ok"},
     }
 
 
@@ -147,6 +148,7 @@ def test_events_dialect_with_real_minilm(minilm: TestClient, direct_minilm: Sent
         "model": "all-MiniLM-L6-v2",
         "model_loaded": True,
         "model_name": "all-MiniLM-L6-v2",
+        "models": {"all-MiniLM-L6-v2": "ok"},
     }
 
 

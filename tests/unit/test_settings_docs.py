@@ -26,3 +26,11 @@ def test_env_example_is_a_valid_configuration() -> None:
     assert settings.max_input_length == 1024  # peoplepad's seed configuration
     assert Settings.model_fields["max_input_length"].default == 8192  # the default, documented in the README
     assert "| `MAX_INPUT_LENGTH` | `8192` |" in (ROOT / "README.md").read_text()
+
+
+def test_the_readme_documents_peak_memory_per_model_alone_and_together() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Several models in one process") :]
+    for row in ("| all-mpnet-base-v2 |", "| all-MiniLM-L6-v2 |", "| all-mpnet-base-v2 + all-MiniLM-L6-v2 |"):
+        assert row in section.split("\n## ")[0], row
+    assert "benchmarks/model_memory.py" in section
