@@ -133,6 +133,9 @@ def test_mpnet_and_minilm_served_together_give_the_vectors_each_gives_alone() ->
     def vectors(settings: Any, models: list[str]) -> dict[str, np.ndarray]:
         with TestClient(create_app(settings)) as client:
             wait_ready(client, timeout_s=600)
+            served = client.get("/metadata", headers=AUTH).json()["models"]
+            assert [m["model"] for m in served] == models
+            assert all(m["backend"] == "onnx" and m["min_cosine_vs_torch"] >= 0.9999 for m in served)  # each gated
             return {
                 name: np.asarray(post(client, "/v1/embed/batch", {"texts": texts, "model": name})["embeddings"])
                 for name in models
