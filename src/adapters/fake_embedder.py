@@ -52,7 +52,7 @@ class FakeEmbedder:
 
 
 def _words(text: EmbedInput) -> int:
-    return len(text) if isinstance(text, TokenIds) else len(text.split())
+    return len(text) + len(text.prompt.split()) if isinstance(text, TokenIds) else len(text.split())
 
 
 class FakeEmbedderLoader:

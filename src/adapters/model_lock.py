@@ -18,6 +18,7 @@ LOCK_VERSION = 1
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+POOLING = re.compile(r"^[a-z_]{1,64}$")  # sentence-transformers' pooling mode: mean, cls, max, lasttoken, ...
 SERVED_FILES = ("config.json", "tokenizer.json")  # the architecture, and the tokenizer every backend counts with
 
 
@@ -27,8 +28,10 @@ class LockFileError(ValueError):
 
 def read_lock(path: Path) -> tuple[ModelSpec, ...]:
     """The models of the lock file at `path` (none when there is no such file)."""
-    if not path.is_file():
+    if not path.exists():
         return ()
+    if not path.is_file():
+        raise LockFileError(f"models lock file {path} is not a file")
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -42,7 +45,7 @@ def read_lock(path: Path) -> tuple[ModelSpec, ...]:
     for number, entry in enumerate(entries):
         try:
             spec = spec_from_entry(entry)
-        except (KeyError, TypeError, ValueError) as exc:
+        except ValueError as exc:
             raise LockFileError(f"models lock file {path}, entry {number}: {exc}") from None
         other = clashing(spec.aliases, specs)
         if other is not None:
@@ -59,53 +62,95 @@ def clashing(aliases: Iterable[str], others: Iterable[ModelSpec]) -> ModelSpec |
 
 
 def spec_from_entry(entry: Any) -> ModelSpec:
-    """A lock entry as a ModelSpec; raises ValueError (or KeyError, TypeError) naming what is wrong."""
+    """A lock entry as a ModelSpec; raises ValueError naming the field that is wrong."""
     if not isinstance(entry, dict):
-        raise TypeError("an entry must be an object")
-    name, hub_id, revision = str(entry["name"]), str(entry["hub_id"]), str(entry["revision"])
+        raise ValueError("an entry must be an object")
+    name = _text(entry, "name", "?")
     if not MODEL_NAME.fullmatch(name):
         raise ValueError(f"name {name!r}: use letters, digits, '_', '.', '-'")
+    hub_id, revision = _text(entry, "hub_id", name), _text(entry, "revision", name)
     if not COMMIT.fullmatch(revision):
-        raise ValueError(f"revision {revision!r} of {hub_id}: a pin is a full 40-character commit sha")
-    files = tuple(
-        PinnedFile(str(file_path), str(pin["sha256"]), int(pin["size"]))
-        for file_path, pin in sorted(dict(entry["files"]).items())
-    )
-    if not files:
-        raise ValueError(f"{name}: no pinned files")
-    for pinned in files:
-        if not SHA256.fullmatch(pinned.sha256) or pinned.size < 0 or _unsafe(pinned.path):
-            raise ValueError(f"{name}: file {pinned.path!r} needs a safe relative path, a sha256 and a size")
-    paths = {pinned.path for pinned in files}
-    if not any(path.endswith(WEIGHT_SUFFIXES) for path in paths):
-        raise ValueError(f"{name}: no weights file is pinned, so its weights would be served unverified")
-    missing = sorted(set(SERVED_FILES) - paths)
-    if missing:
-        raise ValueError(f"{name}: pins no {', '.join(missing)}, which serving it reads")
-    prompts = dict(entry.get("prompts") or {})
+        raise ValueError(f"{name}: revision {revision!r}: a pin is a full 40-character lowercase hex commit sha")
+    files = _files(entry, name)
+    prompts = _mapping(entry, "prompts", name)
     unknown = set(prompts) - {kind.value for kind in InputType}
     if unknown:
         raise ValueError(f"{name}: prompts are for {', '.join(kind.value for kind in InputType)}, not {unknown}")
-    code = dict(entry.get("code_revisions") or {})
-    if any(not COMMIT.fullmatch(str(sha)) for sha in code.values()):
+    if any(not isinstance(prefix, str) for prefix in prompts.values()):
+        raise ValueError(f'{name}: each prompt must be a string ("" for none)')
+    code = _mapping(entry, "code_revisions", name)
+    if any(not isinstance(sha, str) or not COMMIT.fullmatch(sha) for sha in code.values()):
         raise ValueError(f"{name}: code_revisions must pin full commit shas")
-    dimension = int(entry["dimension"])
-    matryoshka = tuple(sorted({int(size) for size in entry.get("matryoshka_dimensions") or ()}, reverse=True))
-    if any(not 0 < size <= dimension for size in matryoshka):
-        raise ValueError(f"{name}: Matryoshka sizes must be between 1 and its dimension {dimension}")
+    dimension = _count(entry, "dimension", name)
+    sizes = entry.get("matryoshka_dimensions") or []
+    if not isinstance(sizes, list) or any(not _is_count(size) or size > dimension for size in sizes):
+        raise ValueError(f"{name}: Matryoshka sizes must be whole numbers between 1 and its dimension {dimension}")
+    pooling = entry.get("pooling", "mean")
+    if not isinstance(pooling, str) or not POOLING.fullmatch(pooling):
+        raise ValueError(f"{name}: pooling must name sentence-transformers' pooling mode (mean, cls, ...)")
+    trust = entry.get("trust_remote_code", False)
+    if not isinstance(trust, bool):
+        raise ValueError(f"{name}: trust_remote_code must be true or false")
     return ModelSpec(
         name=name,
         hub_id=hub_id,
         revision=revision,
         files=files,
         dimension=dimension,
-        max_seq_length=int(entry["max_seq_length"]),
-        matryoshka_dimensions=matryoshka,
-        pooling=str(entry.get("pooling", "mean")),
-        prompts=tuple(sorted((str(kind), str(prefix)) for kind, prefix in prompts.items())),
-        trust_remote_code=bool(entry.get("trust_remote_code", False)),
-        code_revisions=tuple(sorted((str(repo), str(sha)) for repo, sha in code.items())),
+        max_seq_length=_count(entry, "max_seq_length", name),
+        matryoshka_dimensions=tuple(sorted(set(sizes), reverse=True)),
+        pooling=pooling,
+        prompts=tuple(sorted(prompts.items())),
+        trust_remote_code=trust,
+        code_revisions=tuple(sorted(code.items())),
     )
+
+
+def _text(entry: dict[str, Any], key: str, name: str) -> str:
+    value = entry.get(key)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name}: {key} must be a non-empty string")
+    return value
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _count(entry: dict[str, Any], key: str, name: str) -> int:
+    value = entry.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}: {key} must be a whole number of at least 1, not {value!r}")
+    return value
+
+
+def _mapping(entry: dict[str, Any], key: str, name: str) -> dict[str, Any]:
+    value = entry.get(key) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{name}: {key} must be an object")
+    return value
+
+
+def _files(entry: dict[str, Any], name: str) -> tuple[PinnedFile, ...]:
+    listed = _mapping(entry, "files", name)
+    if not listed:
+        raise ValueError(f"{name}: no pinned files")
+    files = []
+    for path, pin in sorted(listed.items()):
+        sha = pin.get("sha256") if isinstance(pin, dict) else None
+        size = pin.get("size") if isinstance(pin, dict) else None
+        if not isinstance(sha, str) or not SHA256.fullmatch(sha) or _unsafe(path):
+            raise ValueError(f"{name}: file {path!r} needs a safe relative path, a sha256 and a size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError(f"{name}: file {path!r} needs a safe relative path, a sha256 and a size")
+        files.append(PinnedFile(path, sha, size))
+    paths = {pinned.path for pinned in files}
+    if not any(path.endswith(WEIGHT_SUFFIXES) for path in paths):
+        raise ValueError(f"{name}: no weights file is pinned, so its weights would be served unverified")
+    missing = sorted(set(SERVED_FILES) - paths)
+    if missing:
+        raise ValueError(f"{name}: pins no {', '.join(missing)}, which serving it reads")
+    return tuple(files)
 
 
 def _unsafe(relative: str) -> bool:

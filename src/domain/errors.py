@@ -79,9 +79,9 @@ class PayloadTooLarge(DomainError):
 class UnknownModel(DomainError):
     def __init__(self, requested: str, served: tuple[str, ...], aliases: tuple[str, ...]) -> None:
         names = ", ".join(repr(name) for name in served)
+        shown = requested if len(requested) <= 200 else requested[:200] + "…"  # a caller's string, echoed bounded
         super().__init__(
-            f"model {requested!r} is not served here; this service serves {names} "
-            f"(accepted names: {', '.join(aliases)})."
+            f"model {shown!r} is not served here; this service serves {names} (accepted names: {', '.join(aliases)})."
         )
         self.requested, self.served = requested, served
 

@@ -194,7 +194,10 @@ class Settings(BaseSettings):
         try:
             specs = [resolve_model(name, catalog) for name in names]
         except KeyError as exc:
-            raise ValueError(str(exc.args[0])) from None
+            where = "" if self.models_lock.exists() else ", which does not exist"
+            raise ValueError(
+                f"{exc.args[0]} (built-in, or in the models lock file {self.models_lock}{where})"
+            ) from None
         if len({spec.name for spec in specs}) != len(specs):
             raise ValueError(f"MODELS names one model twice: {', '.join(names)}")
         if len(names) > 1 or self.models.strip():

@@ -89,6 +89,10 @@ def test_a_model_not_served_is_400_naming_the_served_ones_and_404_on_openais_rou
     assert (openai.status_code, openai.json()["error"]["code"]) == (404, "model_not_found")
     missing = two_models.get("/v1/models/bge-small", headers=AUTH)
     assert missing.status_code == 404
+    long_name = "m" * 100_000  # echoed bounded, not whole
+    for path, body in (("/v1/embed", {"text": "a"}), ("/v1/embeddings", {"input": "a"})):
+        answer = two_models.post(path, json={**body, "model": long_name}, headers=AUTH)
+        assert answer.status_code in (400, 404) and len(answer.content) < 2000
 
 
 def test_metadata_models_and_health_list_every_served_model(two_models: TestClient) -> None:
@@ -170,6 +174,14 @@ def test_input_type_query_prefixes_the_models_query_prompt_on_every_route(prompt
     np.testing.assert_array_equal(np.asarray(batch["embeddings"][0], dtype=np.float32), with_prompt)
     openai = prompted.post("/v1/embeddings", json={"input": [text], "input_type": "query"}, headers=AUTH).json()
     np.testing.assert_array_equal(np.asarray(openai["data"][0]["embedding"], dtype=np.float32), with_prompt)
+    # the peoplepad and events dialects take it too (documents by default, as they always were)
+    for body in ({"input": text}, {"texts": [text]}, {"inputs": [{"id": "1", "text": text}]}):
+        path = "/embed/batch" if "inputs" in body else "/embed"
+        answer = prompted.post(path, json={**body, "input_type": "query"}, headers=AUTH).json()
+        row = answer["embeddings"][0] if "texts" in body else answer["data"][0]["embedding"]
+        np.testing.assert_array_equal(np.asarray(row, dtype=np.float32), with_prompt)
+        bad = prompted.post(path, json={**body, "input_type": "QUERY"}, headers=AUTH)
+        assert bad.status_code == 422
     # document is the default, and this model's document prompt is empty
     document = vector(prompted.post("/v1/embed", json={"text": text}, headers=AUTH))
     np.testing.assert_array_equal(document, without)
@@ -226,7 +238,18 @@ def test_a_lock_file_round_trips_and_refuses_what_is_not_a_pin(tmp_path: Path) -
         with pytest.raises(LockFileError, match=match):
             read_lock(lock)
 
-    refused({"revision": "main"}, "a pin is a full 40-character commit sha")
+    refused({"revision": "main"}, "a pin is a full 40-character lowercase hex commit sha")
+    refused({"revision": "A" * 40}, "lowercase hex")
+    refused({"hub_id": None}, "hub_id must be a non-empty string")
+    for field, value in [("dimension", 0), ("dimension", -4), ("dimension", 32.9), ("dimension", "abc")]:
+        refused({field: value}, f"{field} must be a whole number of at least 1")
+    refused({"max_seq_length": 0}, "max_seq_length must be a whole number of at least 1")
+    refused({"prompts": {"query": None}}, "each prompt must be a string")
+    refused({"prompts": {"query": ["a"]}}, "each prompt must be a string")
+    refused({"prompts": "query: "}, "prompts must be an object")
+    refused({"pooling": "bogus pooling!"}, "pooling must name")
+    refused({"trust_remote_code": "false"}, "trust_remote_code must be true or false")
+    refused({"matryoshka_dimensions": [16.5]}, "Matryoshka sizes must be whole numbers")
     refused({"files": {}}, "no pinned files")
     unweighted = {path: pin for path, pin in document["models"][0]["files"].items() if path != "model.safetensors"}
     refused({"files": unweighted}, "no weights file is pinned")
@@ -242,6 +265,10 @@ def test_a_lock_file_round_trips_and_refuses_what_is_not_a_pin(tmp_path: Path) -
         read_lock(lock)
     with pytest.raises(ValidationError, match="models lock file"):
         fake_settings(models_lock=lock)
+    with pytest.raises(LockFileError, match="is not a file"):
+        read_lock(tmp_path)
+    with pytest.raises(ValidationError, match=r"in the models lock file .*absent.json, which does not exist"):
+        fake_settings(model_name="tiny-e5", models_lock=tmp_path / "absent.json")
 
 
 def test_a_model_running_remote_code_is_served_only_with_model_trust_remote_code(tmp_path: Path) -> None:

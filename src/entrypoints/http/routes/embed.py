@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from domain.model import TextItem
+from domain.model import InputType, TextItem
 from domain.use_cases import EmbedBatch, EmbedOne
 from entrypoints.http.deps import CallerDep, headers_for, metered, use
 from entrypoints.http.json_body import StrictJSONRoute
@@ -44,7 +44,9 @@ async def embed(
     if isinstance(body, EmbedRequest):
         one_text = [TextItem(id=None, text=body.input)]
         async with metered(request, caller, 1, lambda: one.check(one_text, body.model, body.encoding_format, caller)):
-            result = await one.execute(body.input, body.model, body.encoding_format, caller)
+            result = await one.execute(
+                body.input, body.model, body.encoding_format, caller, input_type=InputType(body.input_type)
+            )
         log.debug("embedded 1 text (%d chars)", len(body.input))
         return VectorJSONResponse(render_one(result), headers=headers_for(request, result))
     started = time.perf_counter()
@@ -52,7 +54,9 @@ async def embed(
     async with metered(
         request, caller, len(items), lambda: many.check(items, body.model, body.encoding_format, caller)
     ):
-        result = await many.execute(items, body.model, body.encoding_format, caller)
+        result = await many.execute(
+            items, body.model, body.encoding_format, caller, input_type=InputType(body.input_type)
+        )
     log.debug("embedded %d texts (%d chars)", len(body.texts), sum(len(t) for t in body.texts))
     return VectorJSONResponse(render_texts(result, started), headers=headers_for(request, result))
 
@@ -65,6 +69,8 @@ async def embed_batch(
     async with metered(
         request, caller, len(items), lambda: use_case.check(items, body.model, body.encoding_format, caller)
     ):
-        result = await use_case.execute(items, body.model, body.encoding_format, caller)
+        result = await use_case.execute(
+            items, body.model, body.encoding_format, caller, input_type=InputType(body.input_type)
+        )
     log.debug("embedded batch of %d texts (%d chars)", len(items), sum(len(i.text) for i in items))
     return VectorJSONResponse(render_batch(result), headers=headers_for(request, result))

@@ -14,7 +14,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from domain.use_cases import EmbeddingResult
-from entrypoints.http.schemas.common import NON_EMPTY, encoding_format_field, model_field
+from entrypoints.http.schemas.common import (
+    NON_EMPTY,
+    InputTypeName,
+    encoding_format_field,
+    input_type_field,
+    model_field,
+)
 
 
 class EmbedRequest(BaseModel):
@@ -23,6 +29,7 @@ class EmbedRequest(BaseModel):
     input: str = Field(description="the text to embed")
     model: str | None = model_field()
     encoding_format: str = encoding_format_field()
+    input_type: InputTypeName = input_type_field()
 
 
 class EmbedTextsRequest(BaseModel):
@@ -31,6 +38,7 @@ class EmbedTextsRequest(BaseModel):
     texts: list[str] = Field(description="texts to embed, answered in the same order", json_schema_extra=NON_EMPTY)
     model: str | None = model_field()
     encoding_format: str = encoding_format_field()
+    input_type: InputTypeName = input_type_field()
 
     @model_validator(mode="before")
     @classmethod
@@ -82,6 +90,7 @@ class EmbedBatchRequest(BaseModel):
     inputs: list[BatchInput] = Field(json_schema_extra=NON_EMPTY)
     model: str | None = model_field()
     encoding_format: str = encoding_format_field()
+    input_type: InputTypeName = input_type_field()
 
 
 class BatchEmbeddingData(BaseModel):
