@@ -118,6 +118,7 @@ class ServerProcess:
 
     def __init__(self, env: dict[str, str], cwd: Path) -> None:
         cwd.mkdir(parents=True, exist_ok=True)
+        self.cwd = cwd
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.process = serve({**env, "PORT": str(self.port)}, cwd)

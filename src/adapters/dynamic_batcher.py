@@ -264,6 +264,17 @@ class DynamicBatchingScheduler:
             thread.start()
             self._threads.append(thread)
 
+    def abandon_all(self, error: Exception) -> int:
+        """Answer every request still queued or running with `error` now (a drain that ran out of time: its callers
+        get a clear answer, not a cut connection); their texts not yet started are dropped. Event loop only."""
+        abandoned = 0
+        for job in list(self._active):
+            job.abandoned = True
+            if not job.future.done():
+                job.future.set_exception(error)
+                abandoned += 1
+        return abandoned
+
     def shutdown(self) -> None:
         self._closed = True
         self._wakeup.set()

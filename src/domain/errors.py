@@ -178,6 +178,13 @@ class ModelNotReady(DomainError):
         super().__init__(f"model {model!r} is still loading; retry shortly.")
 
 
+class ShuttingDown(DomainError):
+    """This process is draining before it stops (SIGTERM): the requests it holds finish, new ones go elsewhere."""
+
+    def __init__(self) -> None:
+        super().__init__("this server is shutting down; retry (another replica answers).")
+
+
 class Overloaded(DomainError):
     def __init__(self, retry_after_s: int) -> None:
         super().__init__("the service is at capacity; retry later.")

@@ -60,6 +60,10 @@ class InferenceScheduler(Protocol):
 
     async def run(self, embedder: Embedder, texts: Sequence[EmbedInput], arrived: float | None = None) -> Vectors: ...
 
+    def abandon_all(self, error: Exception) -> int:
+        """Answer every request still waiting with `error`; returns how many there were."""
+        ...
+
     def shutdown(self) -> None: ...
 
 

@@ -68,6 +68,7 @@ def serve(args: argparse.Namespace) -> int:
             reload_dirs=[str(Path(__file__).resolve().parents[1])] if args.reload else None,
             workers=workers,
             access_log=False,
+            timeout_graceful_shutdown=1,  # after the drain (SHUTDOWN_DRAIN_SECONDS): what is left is cut
             log_config=log_config,
         )
     finally:

@@ -67,6 +67,12 @@ class Settings(BaseSettings):
         30.0, gt=0, description="time a client has to send the body once the headers are in (else 408, closed)"
     )
     timeout_seconds: float = Field(10.0, gt=0)
+    shutdown_drain_seconds: float = Field(
+        8.0,
+        ge=0,
+        description="on SIGTERM, new requests get 503 shutting_down while those in flight finish, at most this long "
+        "(then 1 s more for the server's own shutdown, and the model call then running); 0: stop at once",
+    )
     max_workers: int = Field(1, gt=0, description="inference threads taking batches from the shared queue")
     max_queued_texts: int = Field(2048, gt=0, description="texts allowed to wait or run before 503 overloaded")
     micro_batch_size: int = Field(32, gt=0, description="most texts in one model call, across requests")

@@ -668,3 +668,12 @@ def test_a_request_refused_for_its_query_or_path_counts_once(tmp_path: Path) -> 
         ]
         assert [a.status_code for a in answers] == [422, 422, 422]
         assert [a.headers["x-ratelimit-remaining-requests"] for a in answers] == ["9", "9", "8"]
+
+
+def test_an_address_on_a_special_use_domain_signs_up(tmp_path: Path) -> None:
+    """No mail is sent: an address is the account's name, and self-hosted teams use .test, .local and the like."""
+    with hosted(tmp_path) as client:
+        for email in ("ada@lab.test", "ops@build.local", "grace@host.internal"):
+            assert client.post("/v1/auth/signup", json={"email": email, "password": PASSWORD}).status_code == 201
+        refused = client.post("/v1/auth/signup", json={"email": "no-at-sign.test", "password": PASSWORD})
+        assert refused.status_code == 422

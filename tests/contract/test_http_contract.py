@@ -579,6 +579,24 @@ def test_the_openapi_document_states_the_limits_the_service_enforces(client: Tes
         assert schemas[name]["properties"]["encoding_format"]["enum"] == ["float"]
     for body, status in [({"texts": []}, 400), ({"texts": ["x"] * 101}, 413), ({"input": "x", "model": ""}, 400)]:
         assert client.post("/embed", json=body, headers=AUTH).status_code == status
+    # the served models' names and sizes, and (the models loaded) the token ids they take
+    names = ["all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2"]
+    for name in ("EmbedRequest", "EmbedBatchRequest", "V1EmbedBatchRequest", "EmbeddingsRequest"):
+        strings = [s for s in schemas[name]["properties"]["model"]["anyOf"] if s.get("type") == "string"]
+        assert strings[0]["enum"] == names
+    openai = schemas["EmbeddingsRequest"]["properties"]
+    assert [s["enum"] for s in openai["dimensions"]["anyOf"] if s.get("type") == "integer"] == [[768]]
+    one_text = next(s for s in openai["input"]["anyOf"] if s.get("items", {}).get("type") == "integer")
+    assert (one_text["items"]["minimum"], one_text["items"]["maximum"]) == (0, 30521)  # the fake's vocabulary
+    assert one_text["not"] == {"items": {"enum": [0, 101, 102]}}  # not only special ids
+    assert schemas["EmbedBatchRequest"]["properties"]["inputs"]["uniqueItems"] is True
+
+
+def test_a_method_a_path_does_not_answer_is_405_allowing_every_method_it_does(client: TestClient) -> None:
+    response = client.request("DELETE", "/v1/embeddings", headers=AUTH)
+    assert (response.status_code, response.headers["allow"]) == (405, "POST")
+    models = client.request("POST", "/v1/models", headers=AUTH)
+    assert (models.status_code, models.headers["allow"]) == (405, "GET")
 
 
 def test_a_body_in_both_dialects_is_refused(client: TestClient) -> None:

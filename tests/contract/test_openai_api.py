@@ -84,6 +84,11 @@ def test_token_id_inputs_reach_the_model_as_token_ids(client: TestClient) -> Non
         pytest.approx(vector([9])),
     ]
     assert vector([7, 8]) != vector("7 9")
+    # a whole number written 7.0 is JSON Schema's integer too; 7.5 and true are not
+    written = embeddings(client, {"input": [[7.0, 8]]}).json()
+    assert written["data"][0]["embedding"] == pytest.approx(vector([7, 8]))
+    for bad in ([[7.5]], [True], [[False, 8]]):
+        assert embeddings(client, {"input": bad}).status_code == 400
 
 
 def test_the_user_field_and_unknown_fields_are_ignored_and_the_full_dimension_is_accepted(client: TestClient) -> None:

@@ -10,12 +10,13 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from domain.services import ModelState
 from entrypoints.container import build_container
 from entrypoints.http.errors import install_error_handlers
-from entrypoints.http.lifecycle import start_services, stop_services
-from entrypoints.http.middleware import AccessLog, BodySizeLimit
+from entrypoints.http.lifecycle import abandon_queued_work, drain_on_sigterm, start_services, stop_services
+from entrypoints.http.middleware import AccessLog, BodySizeLimit, Draining, DrainState
 from entrypoints.http.routes import accounts, embed, hosted, metrics, openai, operations, providers
-from entrypoints.http.schemas.common import document_limits
+from entrypoints.http.schemas.common import TokenIdLimits, document_limits
 from entrypoints.settings import Settings, check_startup
 
 VERSION = "0.2.0"
@@ -26,8 +27,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     check_startup(settings)
     container = build_container(settings)
 
+    drain = DrainState()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        drain_on_sigterm(drain, settings.shutdown_drain_seconds, lambda: abandon_queued_work(container))
         started = await start_services(container, settings.hosted)
         try:
             yield
@@ -45,7 +49,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,  # a 404 for "/v1/embeddings/", not a redirect to a Location built from Host
     )
     app.state.container = container
+    app.state.drain = drain
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(Draining, drain=drain)
     observer = container.metrics() if settings.metrics_enabled else None
     app.add_middleware(AccessLog, metrics=observer, routes=app.router.routes)
     install_error_handlers(app)
@@ -58,14 +64,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(metrics.router)
 
     def openapi() -> dict[str, Any]:
+        """The OpenAPI document with the configured limits and served models written in; the token ids the models
+        take are written in once every model has loaded (until then the document is made again on each request)."""
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-            app.openapi_schema = document_limits(
+            served = container.models().served
+            loaded = [model.host.embedder() for model in served if model.host.state is ModelState.READY]
+            token_ids = (
+                TokenIdLimits(
+                    min(embedder.vocabulary_size for embedder in loaded),
+                    frozenset().union(*(embedder.special_token_ids for embedder in loaded)),
+                )
+                if len(loaded) == len(served)
+                else None
+            )
+            documented = document_limits(
                 schema,
                 settings.max_batch_size,
                 settings.max_input_length,
                 min(settings.openai_max_inputs, settings.max_queued_texts),
+                [alias for spec in container.specs() for alias in spec.aliases],
+                [size for spec in container.specs() for size in (spec.dimension, *spec.matryoshka_dimensions)],
+                token_ids,
             )
+            if token_ids is None:
+                return documented
+            app.openapi_schema = documented
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from domain import errors
 from entrypoints.http.deps import count_refused_request, headers_for
@@ -41,6 +42,10 @@ def _retry_after(exc: Any) -> dict[str, str]:
 
 def _retry_in_5(_: Any) -> dict[str, str]:
     return {"Retry-After": "5"}
+
+
+def _retry_now(_: Any) -> dict[str, str]:
+    return {"Retry-After": "1", "Connection": "close"}  # to another replica: this connection ends here
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ ERROR_TABLE: dict[type[errors.DomainError], ErrorRow] = {
     errors.RateLimited: ErrorRow(429, "rate_limited", _retry_after),
     errors.ModelNotReady: ErrorRow(503, "model_not_ready", _retry_in_5),
     errors.Overloaded: ErrorRow(503, "overloaded", _retry_after),
+    errors.ShuttingDown: ErrorRow(503, "shutting_down", _retry_now),
     errors.BackendFailure: ErrorRow(503, "backend_failure"),
     errors.ModelIntegrityError: ErrorRow(503, "model_integrity_error"),
     errors.BackendDisagrees: ErrorRow(503, "backend_disagrees"),
@@ -249,12 +255,28 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method the path has, not only those of the first route matching it
+            headers["Allow"] = ", ".join(allowed_methods(request))
         if speaks_openai(request.scope):
             body = openai_error_body(exc.status_code, str(exc.detail), kind)
-            return JSONResponse(body, exc.status_code, headers=exc.headers)
-        return JSONResponse(error_body(kind, str(exc.detail)), exc.status_code, headers=exc.headers)
+            return JSONResponse(body, exc.status_code, headers=headers)
+        return JSONResponse(error_body(kind, str(exc.detail)), exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled %s", type(exc).__name__, exc_info=exc)
         return internal_error_response(request.scope, headers_for(request))
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route of the app answers on this request's path (asked of the router, as it routes)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
+
+
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")

@@ -7,12 +7,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import signal
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import FrameType
 
+from domain.errors import ShuttingDown
 from domain.ports import MetricsRecorder
 from domain.services import ModelHost, ModelState
 from entrypoints.container import Container
+from entrypoints.http.middleware import DrainState
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,51 @@ def _time_model_load(container: Container) -> None:
 def _record_load(metrics: MetricsRecorder, host: ModelHost, began: float, _: object) -> None:
     if host.state is ModelState.READY:
         metrics.model_loaded(host.spec.name, time.monotonic() - began)
+
+
+def drain_on_sigterm(drain: DrainState, limit_s: float, out_of_time: Callable[[], int] = lambda: 0) -> None:
+    """On SIGTERM, drain before the server stops: new requests are answered 503 shutting_down (a load balancer's
+    health check fails, a retrying client goes to another replica) while those in flight finish, for at most
+    `limit_s` (SHUTDOWN_DRAIN_SECONDS); then `out_of_time` answers those still waiting for a model 503 too, and the
+    server's own handler stops it. A second SIGTERM stops it at once.
+    Installed over the server's handler, in the main thread only (uvicorn's; not under a test client)."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous) or limit_s <= 0:
+        return
+    loop = asyncio.get_running_loop()
+    finishing: set[asyncio.Task[None]] = set()
+
+    async def finish(sig: int, frame: FrameType | None) -> None:
+        drained = await drain.drained(limit_s)
+        if drained:
+            log.info("drained: no request in flight after %.1f s; stopping", time.monotonic() - drain.since)
+        else:
+            log.warning(
+                "still %d requests in flight after SHUTDOWN_DRAIN_SECONDS=%s; stopping", drain.in_flight, limit_s
+            )
+            if out_of_time():  # those waiting for a model are answered 503 shutting_down, then the server stops
+                await drain.drained(limit_s + 1)
+        previous(sig, frame)
+
+    def start(sig: int, frame: FrameType | None) -> None:
+        task = loop.create_task(finish(sig, frame))
+        finishing.add(task)
+        task.add_done_callback(finishing.discard)
+
+    def on_sigterm(sig: int, frame: FrameType | None) -> None:
+        if drain.draining:
+            previous(sig, frame)
+            return
+        drain.start()
+        log.info("SIGTERM: draining (%d requests in flight; new ones are answered 503)", drain.in_flight)
+        loop.call_soon_threadsafe(start, sig, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def abandon_queued_work(container: Container) -> int:
+    """Every model's waiting requests answered 503 shutting_down; how many there were."""
+    return sum(model.scheduler.abandon_all(ShuttingDown()) for model in container.models().served)
 
 
 async def _prepare_database(container: Container) -> None:

@@ -13,7 +13,7 @@ from typing import Protocol
 from starlette.routing import BaseRoute, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from domain.errors import PayloadTooLarge
+from domain.errors import PayloadTooLarge, ShuttingDown
 from entrypoints.http.errors import domain_error_response
 
 log = logging.getLogger("entrypoints.http.access")
@@ -177,3 +177,45 @@ def route_templates(routes: Sequence[BaseRoute]) -> list[str]:
     except ImportError:
         return [path for route in routes if isinstance(path := getattr(route, "path", None), str)]
     return [context.path for context in iter_route_contexts(routes) if context.path]
+
+
+class Draining:
+    """Counts the requests in flight; once `drain.start()` has been called (SIGTERM), answers every new request 503
+    shutting_down (Retry-After: 1, Connection: close; /health included, so a load balancer stops sending here)
+    while those in flight finish."""
+
+    def __init__(self, app: ASGIApp, drain: DrainState) -> None:
+        self.app = app
+        self.drain = drain
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.drain.draining:
+            await domain_error_response(ShuttingDown(), scope=scope)(scope, receive, send)
+            return
+        self.drain.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.drain.in_flight -= 1
+
+
+class DrainState:
+    """Whether this process drains, and how many requests it holds (changed on the event loop only)."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.in_flight = 0
+        self.since = 0.0
+
+    def start(self) -> None:
+        if not self.draining:
+            self.draining, self.since = True, time.monotonic()
+
+    async def drained(self, limit_s: float, poll_s: float = 0.05) -> bool:
+        """Wait until no request is in flight (True), or `limit_s` after the drain began (False)."""
+        while self.in_flight and time.monotonic() - self.since < limit_s:
+            await asyncio.sleep(poll_s)
+        return not self.in_flight

@@ -3,6 +3,8 @@ configured limits into the OpenAPI document."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -58,39 +60,73 @@ _LIST_FIELDS = [("EmbedTextsRequest", "texts"), ("EmbedBatchRequest", "inputs"),
 
 
 def document_limits(
-    openapi: dict[str, Any], max_batch_size: int, max_input_length: int, openai_max_inputs: int | None = None
+    openapi: dict[str, Any],
+    max_batch_size: int,
+    max_input_length: int,
+    openai_max_inputs: int | None = None,
+    model_names: Sequence[str] = (),
+    dimensions: Sequence[int] = (),
+    token_ids: TokenIdLimits | None = None,
 ) -> dict[str, Any]:
     """Write the configured MAX_BATCH_SIZE and MAX_INPUT_LENGTH into the OpenAPI document as maxItems/maxLength,
-    and on OpenAI's request the effective OPENAI_MAX_INPUTS (no empty input there)."""
+    on OpenAI's request the effective OPENAI_MAX_INPUTS (no empty input there), and the names `model` may take (the
+    served models' short names and hub ids) and `dimensions` (their full sizes and Matryoshka sizes)."""
     schemas = openapi["components"]["schemas"]
+    asked = schemas.get("EmbeddingsRequest", {}).get("properties", {}).get("dimensions") if dimensions else None
+    for shape in asked.get("anyOf", [asked]) if isinstance(asked, dict) else ():
+        if shape.get("type") == "integer":
+            shape["enum"] = sorted(set(dimensions))
+    for schema in schemas.values():
+        model = schema.get("properties", {}).get("model") if model_names else None
+        for shape in model.get("anyOf", [model]) if isinstance(model, dict) else ():
+            if shape.get("type") == "string" and "enum" not in shape:
+                shape["enum"] = list(model_names)
     for name, field in _LIST_FIELDS:
         schemas[name]["properties"][field]["maxItems"] = max_batch_size
     for name, field, is_list in _TEXT_FIELDS:
         prop = schemas[name]["properties"][field]
         (prop["items"] if is_list else prop)["maxLength"] = max_input_length
     if openai_max_inputs is not None and "EmbeddingsRequest" in schemas:
-        _document_openai_input(schemas["EmbeddingsRequest"]["properties"]["input"], openai_max_inputs, max_input_length)
+        prop = schemas["EmbeddingsRequest"]["properties"]["input"]
+        _document_openai_input(prop, openai_max_inputs, max_input_length, token_ids)
     return openapi
 
 
-def _document_openai_input(prop: dict[str, Any], max_inputs: int, max_length: int) -> None:
+@dataclass(frozen=True)
+class TokenIdLimits:
+    """What token ids the served models take: below the smallest vocabulary, and not only special ids (padding,
+    [CLS], [SEP]: an empty text in disguise)."""
+
+    vocabulary_size: int
+    special_ids: frozenset[int]
+
+
+def _document_openai_input(
+    prop: dict[str, Any], max_inputs: int, max_length: int, token_ids: TokenIdLimits | None
+) -> None:
     """input: a text, texts, token ids or lists of them; none empty, at most MAX_INPUT_LENGTH characters or ids
-    each, at most `max_inputs` inputs."""
+    each, at most `max_inputs` inputs; ids within the served vocabulary, not only special ones (once known)."""
+
+    def one_text(array: dict[str, Any]) -> None:
+        array.update(minItems=1, maxItems=max_length)
+        array["items"]["minimum"] = 0
+        if token_ids is not None:
+            array["items"]["maximum"] = token_ids.vocabulary_size - 1
+            array["not"] = {"items": {"enum": sorted(token_ids.special_ids)}}
+
     for shape in prop["anyOf"]:
         if shape["type"] == "string":
             shape.update(minLength=1, maxLength=max_length)
             continue
         items = shape["items"]
         if items["type"] == "integer":  # the token ids of one text
-            shape.update(minItems=1, maxItems=max_length)
-            items["minimum"] = 0
+            one_text(shape)
             continue
         shape.update(minItems=1, maxItems=max_inputs)
         if items["type"] == "string":
             items.update(minLength=1, maxLength=max_length)
         else:
-            items.update(minItems=1, maxItems=max_length)
-            items["items"]["minimum"] = 0
+            one_text(items)
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -87,7 +87,8 @@ class BatchInput(BaseModel):
 
 
 class EmbedBatchRequest(BaseModel):
-    inputs: list[BatchInput] = Field(json_schema_extra=NON_EMPTY)
+    # ids are unique within a batch, so are items (uniqueItems states what JSON Schema can of that)
+    inputs: list[BatchInput] = Field(json_schema_extra={**NON_EMPTY, "uniqueItems": True})
     model: str | None = model_field()
     encoding_format: str = encoding_format_field()
     input_type: InputTypeName = input_type_field()

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictInt,
@@ -26,7 +27,15 @@ from entrypoints.http.schemas.common import InputTypeName, input_type_field
 OWNER = "embedding-service"
 CREATED = 0  # `created` of a served model: unknown (not when a process started: that differs per worker)
 
-TokenArray = list[StrictInt]
+
+def _token_id(value: Any) -> Any:
+    """A token id as JSON Schema's integer is: a whole number, written 7 or 7.0 (never true/false)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+TokenArray = list[Annotated[StrictInt, BeforeValidator(_token_id)]]
 INPUT_SHAPES = "a string, a list of strings, a list of token ids (integers), or a list of such lists"
 
 

@@ -1,0 +1,106 @@
+"""Graceful shutdown under load, on a real server process serving the real MiniLM: SIGTERM lets the requests in flight
+finish while new ones (and /health) are answered 503 shutting_down with Retry-After, for at most
+SHUTDOWN_DRAIN_SECONDS; then the process stops."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import API_KEY, AUTH, MODEL_ROOT, ServerProcess, model_dir
+
+LONG_TEXTS = [f"Note {i}: " + "the harbour jazz night moved to the pier because of the rain " * 12 for i in range(100)]
+
+
+def minilm_server(tmp_path: Path, drain_s: float) -> ServerProcess:
+    model_dir("all-MiniLM-L6-v2")
+    env = {
+        "EMBEDDER_BACKEND": "sentence_transformers",
+        "MODEL_NAME": "all-MiniLM-L6-v2",
+        "MODEL_PATH": str(MODEL_ROOT),
+        "HF_HUB_OFFLINE": "true",
+        "DEVICE": "cpu",
+        "EMBEDDING_API_KEY": API_KEY,
+        "TIMEOUT_SECONDS": "120",
+        "SHUTDOWN_DRAIN_SECONDS": str(drain_s),
+    }
+    server = ServerProcess(env, tmp_path)
+    server.wait_ready(timeout_s=180)
+    # measured once, so admission knows the model's speed (before that it queues one model call's worth)
+    assert httpx.post(f"{server.base}/embed", json={"texts": LONG_TEXTS}, headers=AUTH, timeout=120).status_code == 200
+    return server
+
+
+def send_in_background(base: str, count: int) -> tuple[list[threading.Thread], list[object]]:
+    """`count` requests of 100 long texts each (about a second or more of model time each, on 2 cores)."""
+    answers: list[object] = []
+
+    def one() -> None:
+        try:
+            response = httpx.post(f"{base}/embed", json={"texts": LONG_TEXTS}, headers=AUTH, timeout=120)
+            body = response.json()
+            answers.append((response.status_code, len(body.get("embeddings", [])) or body.get("error", {}).get("type")))
+        except ValueError:  # not JSON: a connection cut mid-answer
+            answers.append((response.status_code, "not json"))
+        except httpx.HTTPError as exc:
+            answers.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    return threads, answers
+
+
+def test_sigterm_finishes_the_requests_in_flight_and_answers_new_ones_503(tmp_path: Path) -> None:
+    server = minilm_server(tmp_path, drain_s=60)
+    threads, answers = send_in_background(server.base, 3)
+    time.sleep(0.5)  # all three are in the model's queue by now
+    began = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    new = httpx.post(f"{server.base}/embed", json={"texts": ["a new request"]}, headers=AUTH, timeout=10)
+    assert (new.status_code, new.json()["error"]["type"]) == (503, "shutting_down")
+    assert (new.headers["retry-after"], new.headers["connection"]) == ("1", "close")
+    openai = httpx.post(f"{server.base}/v1/embeddings", json={"input": "x"}, headers=AUTH, timeout=10)
+    assert (openai.status_code, openai.json()["error"]["code"]) == (503, "shutting_down")
+    assert httpx.get(f"{server.base}/health", timeout=10).status_code == 503  # the load balancer stops sending here
+    for thread in threads:
+        thread.join(timeout=120)
+    assert answers == [(200, 100)] * 3  # every request in flight was answered in full
+    server.stop()
+    assert time.monotonic() - began < 60
+    assert "draining (" in server.log() and "drained: no request in flight" in server.log()
+
+
+def test_the_drain_is_bounded_by_shutdown_drain_seconds(tmp_path: Path) -> None:
+    server = minilm_server(tmp_path, drain_s=0.5)
+    threads, answers = send_in_background(server.base, 4)  # several seconds of work queued
+    time.sleep(0.5)
+    began = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(timeout=30)
+    stopped_s = time.monotonic() - began
+    for thread in threads:
+        thread.join(timeout=30)
+    # the drain, the server's own 1 s, the model call then running (its batcher waits for it, 5 s at most), slack
+    assert stopped_s < 0.5 + 1 + 5 + 3
+    log = "\n".join(server.lines)
+    assert "requests in flight after SHUTDOWN_DRAIN_SECONDS=0.5; stopping" in log, log
+    # those still waiting were answered 503 shutting_down (a retrying client goes elsewhere), none cut mid-answer
+    assert len(answers) == 4 and (503, "shutting_down") in answers
+    assert set(answers) <= {(200, 100), (503, "shutting_down")}
+
+
+@pytest.mark.parametrize("drain_s", [0])
+def test_a_drain_of_zero_stops_at_once(tmp_path: Path, drain_s: float) -> None:
+    server = minilm_server(tmp_path, drain_s=drain_s)
+    began = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(timeout=30)
+    assert time.monotonic() - began < 5
+    assert "draining" not in server.log()
