@@ -10,7 +10,7 @@ TORCH_VERSION := $(shell grep '^torch==' constraints.txt | cut -d= -f3)
 
 TOOLS := .tools
 
-.PHONY: venv tools models env-key run dev test lint clean
+.PHONY: venv tools haproxy models env-key run dev test lint clean
 
 $(BIN)/embedding-service: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,13 @@ $(TOOLS)/bin/checkov: deploy/checkov-requirements.txt
 	$(TOOLS)/bin/pip install -q -r deploy/checkov-requirements.txt
 	touch $@
 
-tools: $(TOOLS)/bin/checkov
+tools: $(TOOLS)/bin/checkov haproxy
+
+# HAProxy, from Debian's package: the scale-out tests run the shipped deploy/haproxy/haproxy.cfg in front of two
+# service processes.
+haproxy:
+	@command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || \
+		(apt-get install -y -q haproxy || (apt-get update -q && apt-get install -y -q haproxy))
 
 models: venv
 	MODEL_PATH=$(MODEL_PATH) $(BIN)/embedding-service models pull $(MODEL_NAME)

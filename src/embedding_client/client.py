@@ -53,6 +53,10 @@ def load_local_embedder(spec: ModelSpec) -> Embedder:
     return embedder
 
 
+# A request's connection lost after it was sent (not a service that cannot be reached: that falls back at once).
+DROPPED_MID_REQUEST = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
 def retry_after_seconds(response: httpx.Response, attempt: int) -> float:
     """Seconds to wait before retrying: Retry-After (seconds or HTTP date), else exponential backoff."""
     value = response.headers.get("retry-after", "").strip()
@@ -299,7 +303,22 @@ class EmbeddingClient:
         for attempt in range(self._max_retries + 1):
             try:
                 response = self._http.request(method, url, content=body, headers=self._headers)
-            except httpx.TransportError as exc:
+            except DROPPED_MID_REQUEST as exc:
+                # the connection was lost under a request (a replica stopping behind a load balancer): embedding is
+                # idempotent, so it is sent again, on a new connection, like a 503
+                if attempt == self._max_retries:
+                    raise _ServiceDown(f"{type(exc).__name__}: {exc}") from exc
+                wait = min(0.2 * 2**attempt, self._max_retry_wait_s)
+                log.info(
+                    "connection lost (%s); retry %d/%d in %.1f s",
+                    type(exc).__name__,
+                    attempt + 1,
+                    self._max_retries,
+                    wait,
+                )
+                self._sleep(wait)
+                continue
+            except httpx.TransportError as exc:  # unreachable: fall back (or fail) at once, without waiting
                 raise _ServiceDown(f"{type(exc).__name__}: {exc}") from exc
             if response.status_code not in (429, 503) or attempt == self._max_retries:
                 break

@@ -265,7 +265,8 @@ def test_compose_hosted_profile_wiring(compose: dict[str, Any]) -> None:
         "postgres",
         "redis",
     }
-    assert all(s["profiles"] == ["hosted"] for s in (hosted, postgres, redis_service))
+    assert hosted["profiles"] == ["hosted"]
+    assert all(s["profiles"] == ["hosted", "replicas"] for s in (postgres, redis_service))  # replicas use them too
     assert "profiles" not in services["embedding-service"] and "profiles" not in services["embedding-service-events"]
 
     environment = hosted["environment"]
@@ -510,3 +511,27 @@ def test_the_events_apps_own_uvicorn_command_serves_the_app(compose: dict[str, A
         process.terminate()
         output, _ = process.communicate(timeout=30)
     assert "model all-MiniLM-L6-v2 ready" in output  # the app's own log lines are written
+
+
+def test_compose_replicas_profile_runs_two_replicas_behind_haproxy(compose: dict[str, Any]) -> None:
+    """The topology tests/integration/test_replicas.py runs: two hosted replicas sharing postgres and redis behind
+    HAProxy with the shipped configuration (which that test runs with Debian's haproxy)."""
+    services = compose["services"]
+    first, second, balancer = services["embedding-replica-1"], services["embedding-replica-2"], services["load-balancer"]
+    assert first == second and first["profiles"] == ["replicas"]
+    hosted = services["embedding-service-hosted"]["environment"]
+    for name in ("DATABASE_URL", "REDIS_URL", "CACHE_BACKEND", "HOSTED"):
+        assert first["environment"][name] == hosted[name]  # one database and one Redis for all
+    assert first["env_file"] == ".env"  # the same JWT_SECRET and ENCRYPTION_KEY on each
+    port = first["command"][first["command"].index("--port") + 1]
+    assert balancer["environment"]["REPLICA_1"] == f"embedding-replica-1:{port}"
+    assert balancer["environment"]["REPLICA_2"] == f"embedding-replica-2:{port}"
+    config, _, mode = balancer["volumes"][0].partition(":/usr/local/etc/haproxy/haproxy.cfg")
+    assert (ROOT / config).resolve() == ROOT / "deploy" / "haproxy" / "haproxy.cfg" and mode == ":ro"
+    assert {name: dep["condition"] for name, dep in balancer["depends_on"].items()} == {
+        "embedding-replica-1": "service_healthy",
+        "embedding-replica-2": "service_healthy",
+    }
+    for backing in ("postgres", "redis"):
+        assert "replicas" in services[backing]["profiles"] and "hosted" in services[backing]["profiles"]
+    assert first["stop_grace_period"] == "15s" and float(first["environment"]["SHUTDOWN_DRAIN_SECONDS"]) < 15

@@ -215,6 +215,7 @@ class ScriptedService:
         self.retry_after = "2"
         self.embed_calls = 0
         self.broken_proxy = False
+        self.dropped = 0  # embed requests whose connection is lost before an answer (a replica going away)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if not self.up:
@@ -229,6 +230,9 @@ class ScriptedService:
             self.rate_limited -= 1
             error = {"error": {"type": "rate_limited", "message": "slow down"}}
             return httpx.Response(429, json=error, headers={"retry-after": self.retry_after})
+        if self.dropped:
+            self.dropped -= 1
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
         self.embed_calls += 1
         texts = json.loads(request.content)["texts"]
         vectors = self.embedder.embed(texts).tolist()
@@ -260,6 +264,22 @@ def test_429_is_retried_honoring_retry_after() -> None:
     with pytest.raises(RateLimited, match="after 3 retries: slow down"):
         limited.embed(["x"])
     assert sleeps == [1.5, 1.5, 1.5]
+
+
+def test_a_connection_lost_under_a_request_is_retried_but_an_unreachable_service_is_not() -> None:
+    service = ScriptedService()
+    service.dropped = 2  # a replica behind the load balancer stopped under these requests
+    client, sleeps = scripted_client(service, fallback_to_local=False)
+    np.testing.assert_array_equal(client.embed(TEXTS[:3]), expected(TEXTS[:3]))
+    assert (sleeps, client.last_source) == ([0.2, 0.4], "service")
+    service.dropped = 10
+    gone, _ = scripted_client(service, fallback_to_local=False, max_retries=2)
+    with pytest.raises(ServiceUnavailable, match="RemoteProtocolError"):
+        gone.embed(["x"])
+    service.dropped, service.up = 0, False
+    down, sleeps = scripted_client(service)  # unreachable: in-process at once, no waiting
+    np.testing.assert_array_equal(down.embed(TEXTS[:2]), expected(TEXTS[:2]))
+    assert (sleeps, down.last_source) == ([], "local")
 
 
 def test_retry_after_accepts_seconds_dates_and_falls_back_to_backoff() -> None:
