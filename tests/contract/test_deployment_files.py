@@ -517,7 +517,8 @@ def test_compose_replicas_profile_runs_two_replicas_behind_haproxy(compose: dict
     """The topology tests/integration/test_replicas.py runs: two hosted replicas sharing postgres and redis behind
     HAProxy with the shipped configuration (which that test runs with Debian's haproxy)."""
     services = compose["services"]
-    first, second, balancer = services["embedding-replica-1"], services["embedding-replica-2"], services["load-balancer"]
+    first, second = services["embedding-replica-1"], services["embedding-replica-2"]
+    balancer = services["load-balancer"]
     assert first == second and first["profiles"] == ["replicas"]
     hosted = services["embedding-service-hosted"]["environment"]
     for name in ("DATABASE_URL", "REDIS_URL", "CACHE_BACKEND", "HOSTED"):
