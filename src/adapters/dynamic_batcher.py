@@ -269,10 +269,11 @@ class DynamicBatchingScheduler:
         get a clear answer, not a cut connection); their texts not yet started are dropped. Event loop only."""
         abandoned = 0
         for job in list(self._active):
-            job.abandoned = True
+            job.failed = True  # its items are dropped (run() resets `abandoned` once its future is done)
             if not job.future.done():
                 job.future.set_exception(error)
                 abandoned += 1
+        self._wakeup.set()
         return abandoned
 
     def shutdown(self) -> None:

@@ -55,6 +55,7 @@ def load_local_embedder(spec: ModelSpec) -> Embedder:
 
 # A request's connection lost after it was sent (not a service that cannot be reached: that falls back at once).
 DROPPED_MID_REQUEST = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+DROPPED_RETRIES = 2  # its own small budget (0.2 s, then 0.4 s): an endpoint that always drops falls back soon
 
 
 def retry_after_seconds(response: httpx.Response, attempt: int) -> float:
@@ -300,15 +301,17 @@ class EmbeddingClient:
 
     def _request(self, method: str, path: str, body: bytes | None = None) -> httpx.Response:
         url = f"{self.service_url}{path}"
+        dropped = 0
         for attempt in range(self._max_retries + 1):
             try:
                 response = self._http.request(method, url, content=body, headers=self._headers)
             except DROPPED_MID_REQUEST as exc:
                 # the connection was lost under a request (a replica stopping behind a load balancer): embedding is
                 # idempotent, so it is sent again, on a new connection, like a 503
-                if attempt == self._max_retries:
+                dropped += 1
+                if dropped > DROPPED_RETRIES or attempt == self._max_retries:
                     raise _ServiceDown(f"{type(exc).__name__}: {exc}") from exc
-                wait = min(0.2 * 2**attempt, self._max_retry_wait_s)
+                wait = min(0.2 * 2 ** (dropped - 1), self._max_retry_wait_s)
                 log.info(
                     "connection lost (%s); retry %d/%d in %.1f s",
                     type(exc).__name__,

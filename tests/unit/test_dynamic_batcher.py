@@ -520,3 +520,28 @@ def test_retry_after_is_never_later_than_the_queued_work_s_deadlines() -> None:
         scheduler.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_abandoning_answers_every_waiting_request_at_once_and_computes_none_of_their_texts() -> None:
+    """A drain out of time (SIGTERM): the callers still waiting get the error now, and their texts not yet started
+    are dropped, so the model stops working for nobody."""
+    from domain.errors import ShuttingDown
+
+    async def scenario() -> None:
+        embedder = FakeEmbedder(KNOWN_MODELS["all-MiniLM-L6-v2"], delay_per_text_s=0.05)
+        scheduler = DynamicBatchingScheduler(timeout_s=60, max_queued_texts=1000, policy=BatchPolicy(max_texts=4))
+        try:
+            waiting = [asyncio.create_task(scheduler.run(embedder, [f"t{n} {i}" for i in range(40)])) for n in range(3)]
+            await asyncio.sleep(0.3)  # a few calls of 4 texts made, most texts still queued
+            assert scheduler.abandon_all(ShuttingDown()) == 3
+            for task in waiting:
+                with pytest.raises(ShuttingDown):
+                    await task
+            await asyncio.sleep(0.3)  # at most the call then running finishes
+            computed = sum(embedder.calls)
+            await asyncio.sleep(0.5)
+            assert sum(embedder.calls) == computed < 3 * 40
+        finally:
+            scheduler.shutdown()
+
+    asyncio.run(scenario())

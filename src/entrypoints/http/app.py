@@ -70,12 +70,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
             served = container.models().served
             loaded = [model.host.embedder() for model in served if model.host.state is ModelState.READY]
+            settled = all(model.host.state is not ModelState.LOADING for model in served)
             token_ids = (
                 TokenIdLimits(
                     min(embedder.vocabulary_size for embedder in loaded),
                     frozenset().union(*(embedder.special_token_ids for embedder in loaded)),
                 )
-                if len(loaded) == len(served)
+                if loaded and settled
                 else None
             )
             documented = document_limits(
@@ -87,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 [size for spec in container.specs() for size in (spec.dimension, *spec.matryoshka_dimensions)],
                 token_ids,
             )
-            if token_ids is None:
+            if not settled:  # made again until every model has loaded (or failed): then once for all
                 return documented
             app.openapi_schema = documented
         return app.openapi_schema

@@ -71,6 +71,13 @@ def drain_on_sigterm(drain: DrainState, limit_s: float, out_of_time: Callable[[]
     finishing: set[asyncio.Task[None]] = set()
 
     async def finish(sig: int, frame: FrameType | None) -> None:
+        try:
+            await drain_then_answer_the_rest()
+        finally:  # whatever happened, the server stops
+            previous(sig, frame)
+
+    async def drain_then_answer_the_rest() -> None:
+        log.info("SIGTERM: draining (%d requests in flight; new ones are answered 503)", drain.in_flight)
         drained = await drain.drained(limit_s)
         if drained:
             log.info("drained: no request in flight after %.1f s; stopping", time.monotonic() - drain.since)
@@ -80,7 +87,6 @@ def drain_on_sigterm(drain: DrainState, limit_s: float, out_of_time: Callable[[]
             )
             if out_of_time():  # those waiting for a model are answered 503 shutting_down, then the server stops
                 await drain.drained(limit_s + 1)
-        previous(sig, frame)
 
     def start(sig: int, frame: FrameType | None) -> None:
         task = loop.create_task(finish(sig, frame))
@@ -91,8 +97,7 @@ def drain_on_sigterm(drain: DrainState, limit_s: float, out_of_time: Callable[[]
         if drain.draining:
             previous(sig, frame)
             return
-        drain.start()
-        log.info("SIGTERM: draining (%d requests in flight; new ones are answered 503)", drain.in_flight)
+        drain.start()  # (no logging here, in the signal handler: the loop logs it)
         loop.call_soon_threadsafe(start, sig, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)

@@ -7,22 +7,23 @@ import unicodedata
 from datetime import datetime
 from typing import Annotated, Any
 
+import email_validator
 from pydantic import AfterValidator, BaseModel, Field, WithJsonSchema
 
 from domain.model import ApiKey
 from domain.use_cases import NewAccount
 
+# No mail is ever sent: an address is an account's name, so any well-formed one is accepted, special-use domains
+# (.test, .local: self-hosted deployments) too, as the documented format (RFC 5321) allows; this list is
+# email-validator's documented setting for it, set once here for the process.
+email_validator.SPECIAL_USE_DOMAIN_NAMES = []
+
 
 def _deliverable_shape(value: str) -> str:
     """An address email-validator accepts (no DNS lookup); kept as sent: the domain normalizes it (NFKC, lowercase)
     the same way at signup and at login."""
-    import email_validator
     from email_validator import EmailNotValidError, validate_email
 
-    # No mail is ever sent: an address is an account's name, so any well-formed one is accepted, special-use domains
-    # (.test, .local, .localhost: self-hosted deployments) too, as the documented format (RFC 5321) allows; the list
-    # is email-validator's documented setting for this.
-    email_validator.SPECIAL_USE_DOMAIN_NAMES = []
     try:
         validate_email(unicodedata.normalize("NFKC", value), check_deliverability=False)  # the form stored
     except EmailNotValidError as exc:

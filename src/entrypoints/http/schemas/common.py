@@ -76,7 +76,8 @@ def document_limits(
     for shape in asked.get("anyOf", [asked]) if isinstance(asked, dict) else ():
         if shape.get("type") == "integer":
             shape["enum"] = sorted(set(dimensions))
-    for schema in schemas.values():
+    requests = [schema for name, schema in schemas.items() if name.endswith("Request")]  # not answers: usage rows
+    for schema in requests:
         model = schema.get("properties", {}).get("model") if model_names else None
         for shape in model.get("anyOf", [model]) if isinstance(model, dict) else ():
             if shape.get("type") == "string" and "enum" not in shape:
