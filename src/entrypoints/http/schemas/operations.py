@@ -21,13 +21,18 @@ class HealthResponse(BaseModel):
     models: dict[str, str] = Field(description="each served model (the default first): ok, loading or error")
 
 
-class ModelMetadata(BaseModel):
+class ModelIdentity(BaseModel):
+    """What names a model's exact weights and shape."""
+
     model: str
     hub_id: str
     dimension: int
     max_seq_length: int
     revision: str
     weights_sha256: str
+
+
+class ModelMetadata(ModelIdentity):
     pooling: str
     prompts: dict[str, str] = Field(description="the prefix each input_type (query, document) gets; {}: none")
     matryoshka_dimensions: list[int] = Field(description="sizes `dimensions` may truncate to (besides the full one)")
@@ -40,15 +45,9 @@ class ModelMetadata(BaseModel):
     )
 
 
-class MetadataResponse(BaseModel):
+class MetadataResponse(ModelIdentity):
     """The default model's facts at the top level (what single-model clients read), every served model in `models`."""
 
-    model: str
-    hub_id: str
-    dimension: int
-    max_seq_length: int
-    revision: str
-    weights_sha256: str
     library: str
     library_version: str
     device: str
