@@ -237,6 +237,10 @@ class TcpProxy:
                 return
             upstream = socket.create_connection(self.target)
             with self._lock:
+                if self._listener is not listener:  # cut while this one was being connected: it goes too
+                    client.close()
+                    upstream.close()
+                    return
                 self._sockets += [client, upstream]
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()

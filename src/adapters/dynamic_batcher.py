@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from adapters.metrics import NoMetrics
+from adapters.resilience import OutageLog
 from domain.errors import BackendFailure, Overloaded, RequestTooLarge, Timeout
 from domain.model import EmbedInput, TokenIds, Vectors
 from domain.ports import Embedder, MetricsRecorder
@@ -162,6 +163,8 @@ class DynamicBatchingScheduler:
         self._throughput = _Throughput()
         self._threads: list[threading.Thread] = []
         self._closed = False
+        # a failing backend is one ERROR (with its traceback) per failure streak and one line when it answers again
+        self._outage = OutageLog(f"embedding backend ({model or 'model'})", level=logging.ERROR, traceback=True)
 
     @property
     def queued_texts(self) -> int:
@@ -372,9 +375,11 @@ class DynamicBatchingScheduler:
     def _run(self, batch: list[_Item]) -> None:
         self._answered = self._compute(batch)
 
-    def _compute(self, batch: list[_Item]) -> int:
+    def _compute(self, batch: list[_Item], retry_of: float | None = None) -> int:
         """One model call; returns how many requests it completed. When the backend fails on texts of several
-        requests, each request is retried alone, so only the one whose own texts the backend cannot take fails."""
+        requests, each request is retried alone, so only the one whose own texts the backend cannot take fails.
+        `retry_of`: when the failed call these retries narrow down began (their failures are that one's, for the
+        outage log)."""
         embedder = batch[0].job.embedder
         try:
             with self._cores:
@@ -383,17 +388,15 @@ class DynamicBatchingScheduler:
         except Exception as exc:
             self._last_batch_end = time.monotonic()
             jobs = list(dict.fromkeys(item.job for item in batch))
+            begun = started if retry_of is None else retry_of
+            self._outage.failed(f"call on {len(batch)} texts of {len(jobs)} requests", exc, begun)
             if len(jobs) == 1:
-                log.error("embedding backend failed on %d texts of one request", len(batch), exc_info=exc)
                 self._fail(jobs[0])
                 return 0
-            log.warning(
-                "embedding backend failed on a batch of %d texts from %d requests (%s); retrying each request alone",
-                len(batch),
-                len(jobs),
-                type(exc).__name__,
-            )
-            return sum(self._compute([item for item in batch if item.job is job]) for job in jobs if not job.dropped)
+            log.debug("retrying each of the %d requests of the failed call alone", len(jobs))
+            alone = ([item for item in batch if item.job is job] for job in jobs if not job.dropped)
+            return sum(self._compute(items, begun) for items in alone)
+        self._outage.answered()
         # before any answer goes out: a caller's next request must count as arriving after this call
         self._last_batch_end = time.monotonic()
         self._last_batch_s = self._last_batch_end - started

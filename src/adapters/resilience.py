@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -23,26 +24,34 @@ log = logging.getLogger(__name__)
 
 
 class OutageLog:
-    """One warning when `what` starts failing, one line when it answers again; failures in between go to DEBUG."""
+    """One warning when `what` starts failing, one line when it answers again; failures in between go to DEBUG. A
+    failure of a call that began before the last recovery (`started`, time.monotonic()) is stale: it was waiting on
+    the outage already logged, and does not start another one."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, level: int = logging.WARNING, traceback: bool = False) -> None:
+        """`level` and `traceback`: of the first failure's line (a failing model's traceback tells the cause)."""
         self._what = what
+        self._level = level
+        self._traceback = traceback
         self._lock = threading.Lock()
         self._down_since: float | None = None
+        self._recovered_at = -math.inf
         self._failures = 0
 
-    def failed(self, operation: str, exc: BaseException) -> None:
+    def failed(self, operation: str, exc: BaseException, started: float | None = None) -> None:
         with self._lock:
-            first = self._down_since is None
-            if first:
+            if started is not None and started < self._recovered_at:
+                first = False  # stale: no new outage
+            elif first := self._down_since is None:
                 self._down_since, self._failures = time.monotonic(), 0
             self._failures += 1
         log.log(
-            logging.WARNING if first else logging.DEBUG,
+            self._level if first else logging.DEBUG,
             "%s %s failed (%s)",
             self._what,
             operation,
             describe_failure(exc),
+            exc_info=exc if first and self._traceback else None,
         )
 
     def answered(self) -> None:
@@ -51,7 +60,8 @@ class OutageLog:
         with self._lock:
             if self._down_since is None:
                 return
-            down_for, failures, self._down_since = time.monotonic() - self._down_since, self._failures, None
+            self._recovered_at = time.monotonic()
+            down_for, failures, self._down_since = self._recovered_at - self._down_since, self._failures, None
         log.info("%s answers again after %.1f s (%d calls failed meanwhile)", self._what, down_for, failures)
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from adapters.fake_embedder import FakeEmbedder, FakeEmbedderLoader
 from adapters.memory_cache import InMemoryEmbeddingCache, NoEmbeddingCache
-from adapters.resilience import FailSafeCache
+from adapters.resilience import FailSafeCache, OutageLog
 from domain.errors import CacheUnavailable
 from domain.model import KNOWN_MODELS, SHARED_POOL, CacheScope, CacheStats, Caller, Limits, TextItem, Vector
 from domain.ports import EmbeddingCache
@@ -401,3 +401,22 @@ def test_memory_cache_evicts_the_least_recently_used() -> None:
     cache.put(scope, {b"c": vector})
     assert set(cache.get(scope, [b"a", b"b", b"c"])) == {b"a", b"c"}
     assert cache.stats("acme").entries == 2
+
+
+def test_an_outage_log_ignores_failures_of_calls_begun_before_its_recovery(caplog: pytest.LogCaptureFixture) -> None:
+    """A call that waited on an outage already logged (the account database's, the model's) and fails after the
+    recovery starts no new outage: one warning and one recovery line per outage, not a flapping log."""
+    outage = OutageLog("account database")
+    with caplog.at_level(logging.DEBUG, logger="adapters.resilience"):
+        begun_during_the_outage = time.monotonic()
+        outage.failed("key lookup", ConnectionError("refused"))
+        outage.failed("key lookup", ConnectionError("refused"))
+        outage.answered()
+        outage.failed("usage write", TimeoutError("stalled"), started=begun_during_the_outage)  # stale
+        outage.answered()  # nothing to report
+        outage.failed("key lookup", ConnectionError("refused again"), started=time.monotonic())  # a new outage
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in lines] == ["WARNING", "DEBUG", "INFO", "DEBUG", "WARNING"], lines
+    assert lines[0][1] == "account database key lookup failed (ConnectionError: refused)"
+    assert lines[2][1].startswith("account database answers again after 0.0 s (2 calls failed meanwhile)")
+    assert lines[4][1] == "account database key lookup failed (ConnectionError: refused again)"

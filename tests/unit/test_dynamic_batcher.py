@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -446,10 +447,55 @@ def test_a_backend_error_fails_only_the_request_whose_texts_caused_it(caplog: py
             np.testing.assert_array_equal(result, FakeEmbedder(SPEC).embed(texts))
         assert isinstance(results[-1], BackendFailure)
 
-    with caplog.at_level(logging.WARNING, logger="adapters.dynamic_batcher"):
+    with caplog.at_level(logging.INFO, logger="adapters.resilience"):
         asyncio.run(scenario())
-    assert [r.levelname for r in caplog.records] == ["WARNING", "ERROR"]  # the shared call, then the culprit's own
-    assert sum(1 for r in caplog.records if r.exc_info) == 1
+    # the shared call's failure, with its traceback (the culprit's own call failing again is the same outage), then
+    # the line saying the backend answers again
+    assert [(r.levelname, bool(r.exc_info)) for r in caplog.records] == [("ERROR", True), ("INFO", False)]
+    assert caplog.records[0].getMessage().startswith("embedding backend (model) call on ")
+    assert caplog.records[1].getMessage().startswith("embedding backend (model) answers again after ")
+
+
+class SwitchableEmbedder(RecordingEmbedder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = True
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        if self.broken:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return super().embed(texts)
+
+
+def test_a_failing_backend_is_logged_once_per_outage_with_its_traceback_and_its_recovery(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        embedder = SwitchableEmbedder()
+        scheduler = DynamicBatchingScheduler(timeout_s=5, max_queued_texts=100, model="mini")
+        for i in range(5):
+            with pytest.raises(BackendFailure):
+                await scheduler.run(embedder, [f"text {i}"])
+        embedder.broken = False
+        for i in range(3):
+            await scheduler.run(embedder, [f"text {i}"])
+        embedder.broken = True
+        with pytest.raises(BackendFailure):
+            await scheduler.run(embedder, ["again"])
+        scheduler.shutdown()
+
+    with caplog.at_level(logging.INFO, logger="adapters.resilience"):
+        asyncio.run(scenario())
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in lines] == ["ERROR", "INFO", "ERROR"], lines  # not one line per failed request
+    assert lines[0][1] == (
+        "embedding backend (mini) call on 1 texts of 1 requests failed "
+        "(RuntimeError: CUDA error: an illegal memory access was encountered)"
+    )
+    assert caplog.records[0].exc_info and caplog.records[2].exc_info
+    assert re.fullmatch(
+        r"embedding backend \(mini\) answers again after \d+\.\d s \(5 calls failed meanwhile\)", lines[1][1]
+    )
 
 
 def test_results_keep_input_order_despite_length_sorting() -> None:

@@ -5,6 +5,7 @@ line (never a statement or its parameters) and raised as AccountsUnavailable."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -34,6 +35,7 @@ class _SqlStore:
     def _transaction(self, what: str, *, read_only: bool = False, from_caller: bool = True) -> Iterator[Connection]:
         """`from_caller`: the values come from a request; one the database cannot hold (PostgreSQL: a NUL in text)
         is then the caller's mistake (400), not an outage."""
+        started = time.monotonic()
         try:
             with self._db.read() if read_only else self._db.unit_of_work() as connection:
                 yield connection
@@ -41,11 +43,11 @@ class _SqlStore:
             raise
         except DataError as exc:
             if not from_caller:
-                self._outage.failed(what, exc)
+                self._outage.failed(what, exc, started)
                 raise
             raise InvalidInput("a value in the request cannot be stored (it holds a NUL character?).") from exc
         except (SQLAlchemyError, DeadlineExceeded, OSError) as exc:
-            self._outage.failed(what, exc)
+            self._outage.failed(what, exc, started)
             raise AccountsUnavailable() from exc
         self._outage.answered()
 
