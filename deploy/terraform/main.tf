@@ -4,8 +4,6 @@
 
 data "aws_region" "current" {}
 
-data "aws_caller_identity" "current" {}
-
 locals {
   name           = "embedding-service"
   port           = 8003
@@ -62,93 +60,56 @@ locals {
 
 # --- logs ---------------------------------------------------------------------------------------------------
 
-# A key policy's "*" resource means this key only; access is limited by principal (and, for logs, context).
-data "aws_iam_policy_document" "logs_key" {
-  #checkov:skip=CKV_AWS_109:key policy; resource "*" is the key itself, administered by the account only
-  #checkov:skip=CKV_AWS_111:key policy; resource "*" is the key itself, administered by the account only
-  #checkov:skip=CKV_AWS_356:key policy; resource "*" is the key itself, administered by the account only
-  statement {
-    sid       = "AccountAdministers"
-    actions   = ["kms:*"]
-    resources = ["*"]
-    principals {
-      type        = "AWS"
-      identifiers = ["arn:aws:iam::${data.aws_caller_identity.current.account_id}:root"]
-    }
-  }
+# /ecs/embedding-service, encrypted with a rotating key of its own (modules/log_group).
+module "logs" {
+  source = "./modules/log_group"
 
-  statement {
-    sid       = "CloudWatchLogsEncrypts"
-    actions   = ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"]
-    resources = ["*"]
-    principals {
-      type        = "Service"
-      identifiers = ["logs.${data.aws_region.current.name}.amazonaws.com"]
-    }
-    condition {
-      test     = "ArnEquals"
-      variable = "kms:EncryptionContext:aws:logs:arn"
-      values   = ["arn:aws:logs:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:log-group:${local.log_group_name}"]
-    }
-  }
+  name           = local.log_group_name
+  retention_days = var.log_retention_days
+  tags           = var.tags
 }
 
-resource "aws_kms_key" "logs" {
-  description         = "Encrypts ${local.log_group_name}"
-  enable_key_rotation = true
-  policy              = data.aws_iam_policy_document.logs_key.json
-  tags                = var.tags
+moved {
+  from = aws_kms_key.logs
+  to   = module.logs.aws_kms_key.this
 }
 
-resource "aws_cloudwatch_log_group" "this" {
-  name              = local.log_group_name
-  retention_in_days = var.log_retention_days
-  kms_key_id        = aws_kms_key.logs.arn
-  tags              = var.tags
+moved {
+  from = aws_cloudwatch_log_group.this
+  to   = module.logs.aws_cloudwatch_log_group.this
 }
 
 # --- IAM ----------------------------------------------------------------------------------------------------
 
-data "aws_iam_policy_document" "ecs_tasks_assume" {
-  statement {
-    actions = ["sts:AssumeRole"]
-    principals {
-      type        = "Service"
-      identifiers = ["ecs-tasks.amazonaws.com"]
-    }
-  }
+# Execution role: ECS pulls the image, writes logs and reads the API key secret. Task role: the application itself
+# calls no AWS API, so it has no policies (modules/task_roles).
+module "roles" {
+  source = "./modules/task_roles"
+
+  name_prefix                = "embedding-"
+  secret_arns                = [var.api_key_secret_arn]
+  secrets_policy_name_prefix = "read-api-key-"
+  tags                       = var.tags
 }
 
-# Used by ECS to pull the image, write logs and read the API key secret.
-resource "aws_iam_role" "execution" {
-  name_prefix        = "embedding-exec-"
-  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
-  tags               = var.tags
+moved {
+  from = aws_iam_role.execution
+  to   = module.roles.aws_iam_role.execution
 }
 
-resource "aws_iam_role_policy_attachment" "execution" {
-  role       = aws_iam_role.execution.name
-  policy_arn = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
+moved {
+  from = aws_iam_role_policy_attachment.execution
+  to   = module.roles.aws_iam_role_policy_attachment.execution
 }
 
-data "aws_iam_policy_document" "read_api_key" {
-  statement {
-    actions   = ["secretsmanager:GetSecretValue"]
-    resources = [var.api_key_secret_arn]
-  }
+moved {
+  from = aws_iam_role_policy.read_api_key
+  to   = module.roles.aws_iam_role_policy.read_secrets
 }
 
-resource "aws_iam_role_policy" "read_api_key" {
-  name_prefix = "read-api-key-"
-  role        = aws_iam_role.execution.id
-  policy      = data.aws_iam_policy_document.read_api_key.json
-}
-
-# The application itself calls no AWS API: its task role has no policies.
-resource "aws_iam_role" "task" {
-  name_prefix        = "embedding-task-"
-  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
-  tags               = var.tags
+moved {
+  from = aws_iam_role.task
+  to   = module.roles.aws_iam_role.task
 }
 
 # --- network ------------------------------------------------------------------------------------------------
@@ -226,8 +187,8 @@ resource "aws_ecs_task_definition" "this" {
   network_mode             = "awsvpc"
   cpu                      = "512"
   memory                   = "1024"
-  execution_role_arn       = aws_iam_role.execution.arn
-  task_role_arn            = aws_iam_role.task.arn
+  execution_role_arn       = module.roles.execution_role_arn
+  task_role_arn            = module.roles.task_role_arn
   container_definitions    = jsonencode([local.container])
 
   # Task ephemeral storage, seeded from the image's VOLUME at this path (so owned by the app user); the model
@@ -271,5 +232,5 @@ resource "aws_ecs_service" "this" {
 
   tags = var.tags
 
-  depends_on = [aws_cloudwatch_log_group.this, aws_iam_role_policy.read_api_key]
+  depends_on = [module.logs, module.roles]
 }

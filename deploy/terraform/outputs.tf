@@ -14,7 +14,7 @@ output "security_group_id" {
 }
 
 output "log_group_name" {
-  value = aws_cloudwatch_log_group.this.name
+  value = module.logs.name
 }
 
 output "service_name" {

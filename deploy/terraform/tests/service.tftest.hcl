@@ -1,5 +1,5 @@
 # `terraform test` with a mocked AWS provider: plans the module offline and checks what the issue asks of it.
-# tests/contract/test_deployment_files.py also plans a copy of this module with a generated test file that
+# tests/contract/test_terraform.py also plans a copy of this module with a generated test file that
 # checks the container command and health check equal docker-compose.yml's embedding-service-events.
 
 mock_provider "aws" {
@@ -77,7 +77,7 @@ run "internal_service" {
   }
 
   assert {
-    condition     = aws_cloudwatch_log_group.this.name == "/ecs/embedding-service"
+    condition     = module.logs.name == "/ecs/embedding-service"
     error_message = "log group /ecs/embedding-service"
   }
 
