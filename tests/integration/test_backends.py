@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -108,24 +109,48 @@ HELD_OUT = [  # none of them a check text
 ]
 
 
+def has_vnni() -> bool:
+    """Whether this CPU multiplies int8 with VNNI (AVX512-VNNI or AVX-VNNI). ONNX Runtime's int8 kernels differ
+    with it: mpnet's SmoothQuant graph reached 0.9955 on the check texts on a Xeon with VNNI and 0.9944 on an AVX2
+    EPYC without it."""
+    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    return bool({"avx512_vnni", "avx_vnni"} & set(flags.split()))
+
+
+INT8_FLOOR_ANY_CPU = 0.99  # what SmoothQuant int8 reaches on mpnet on any x86-64 CPU tested (the lowest: 0.9944)
+
+
 def test_the_int8_graph_agrees_with_torch_on_mpnet() -> None:
-    """SmoothQuant + dynamic int8 (plain dynamic int8 reached only 0.51 on mpnet): served under its own floor
-    (INT8_MIN_COSINE, 0.995) on the check texts, and as close on texts it was neither calibrated nor checked on."""
-    embedder = loader("onnx", "int8", spec=MPNET).load()
+    """SmoothQuant + dynamic int8 (plain dynamic int8 reached only 0.51 on mpnet): close to fp32 on the check texts,
+    and as close on texts it was neither calibrated nor checked on. Its default floor (INT8_MIN_COSINE, 0.995) is
+    met with VNNI; without it the gate measures less and refuses it (the next test), so this one loads it under
+    the floor every CPU tested reaches."""
+    embedder = loader("onnx", "int8", spec=MPNET, int8_min_cosine=INT8_FLOOR_ANY_CPU).load()
     info = embedder.info
     assert (info.backend, info.precision) == ("onnx", "int8")
-    assert info.min_cosine_vs_torch is not None and info.min_cosine_vs_torch >= 0.995
+    floor = 0.995 if has_vnni() else INT8_FLOOR_ANY_CPU
+    assert info.min_cosine_vs_torch is not None and info.min_cosine_vs_torch >= floor
     reference = SentenceTransformer(str(model_dir(MPNET.name)), device="cpu").encode(
         HELD_OUT, normalize_embeddings=True
     )
     # by length, a few at a time, as the service batches them: int8 activations are quantized per call
-    assert cosines(embed_by_length(embedder, HELD_OUT, batch_size=4), reference).min() >= 0.995
+    assert cosines(embed_by_length(embedder, HELD_OUT, batch_size=4), reference).min() >= floor
 
 
-def test_int8_is_refused_below_its_floor() -> None:
+def test_int8_is_served_only_at_or_above_its_floor() -> None:
+    """The gate measures the int8 graph on the CPU it runs on: above the floor it is served, below it refused with
+    the cosine it reached (a 0.9999 floor is above what int8 reaches on any CPU)."""
     with pytest.raises(BackendDisagrees) as refused:
         loader("onnx", "int8", spec=MPNET, int8_min_cosine=0.9999).load()
-    assert 0.995 <= refused.value.min_cosine < 0.9999 and refused.value.required == 0.9999
+    reached = refused.value.min_cosine
+    assert INT8_FLOOR_ANY_CPU <= reached < 0.9999 and refused.value.required == 0.9999
+    try:
+        served = loader("onnx", "int8", spec=MPNET).load()  # the default floor, 0.995
+    except BackendDisagrees as exc:
+        assert (exc.min_cosine, exc.required) == (reached, 0.995) and reached < 0.995
+        assert not has_vnni()  # with VNNI the default floor is met
+    else:
+        assert served.info.min_cosine_vs_torch == reached >= 0.995
 
 
 def test_service_on_onnx_reports_its_backend_and_serves_torch_equal_vectors() -> None:
