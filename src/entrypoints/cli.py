@@ -69,6 +69,7 @@ def serve(args: argparse.Namespace) -> int:
             workers=workers,
             access_log=False,
             timeout_graceful_shutdown=1,  # after the drain (SHUTDOWN_DRAIN_SECONDS): what is left is cut
+            timeout_keep_alive=settings.keep_alive_seconds,
             log_config=log_config,
         )
     finally:

@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         description="on SIGTERM, new requests get 503 shutting_down while those in flight finish, at most this long "
         "(then 1 s more for the server's own shutdown, and the model call then running); 0: stop at once",
     )
+    keep_alive_seconds: int = Field(
+        5,
+        gt=0,
+        description="how long an idle kept-alive connection stays open; behind a load balancer that reuses its "
+        "connections, above the balancer's idle timeout (AWS ALB: 60 s)",
+    )
     max_workers: int = Field(1, gt=0, description="inference threads taking batches from the shared queue")
     max_queued_texts: int = Field(2048, gt=0, description="texts allowed to wait or run before 503 overloaded")
     micro_batch_size: int = Field(32, gt=0, description="most texts in one model call, across requests")

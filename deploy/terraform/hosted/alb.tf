@@ -10,8 +10,9 @@ resource "aws_lb" "this" {
   drop_invalid_header_fields = true
   enable_deletion_protection = var.deletion_protection
   desync_mitigation_mode     = "defensive"
-  # Above TIMEOUT_SECONDS (10 s), the longest the service takes to answer an admitted request.
-  idle_timeout = 60
+  # Above TIMEOUT_SECONDS (10 s), the longest the service takes to answer an admitted request, and below the
+  # tasks' KEEP_ALIVE_SECONDS (main.tf).
+  idle_timeout = local.alb_idle_timeout_seconds
 
   access_logs {
     bucket  = var.alb_access_logs_bucket

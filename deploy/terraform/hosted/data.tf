@@ -228,6 +228,8 @@ resource "aws_elasticache_replication_group" "this" {
   kms_key_id                 = aws_kms_key.data.arn
   transit_encryption_enabled = true
   auth_token                 = local.redis_auth_token
+  # A new token is added beside the old one (both accepted) until an apply with SET drops the old (README).
+  auth_token_update_strategy = var.redis_auth_token_update_strategy
 
   # A replica takes over when the primary fails (its counters replicated): needs two nodes or more. Written as
   # conditionals because checkov evaluates those (CKV2_AWS_50 fails a single node) and not a bare comparison.

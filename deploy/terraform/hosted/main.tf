@@ -20,6 +20,10 @@ locals {
   # SIGTERM to SIGKILL.
   drain_seconds        = 8
   stop_timeout_seconds = 30
+  # The load balancer reuses its connections to a task for up to its idle timeout: the task must keep them open
+  # longer, or a request sent on a connection the task has just closed is answered 502 by the ALB.
+  alb_idle_timeout_seconds = 60
+  keep_alive_seconds       = local.alb_idle_timeout_seconds + 15
 
   command = ["embedding-service", "serve", "--host", "0.0.0.0", "--port", tostring(local.port), "--workers", "1"]
   health_check_command = [
@@ -59,6 +63,7 @@ locals {
       { name = "CACHE_BACKEND", value = "postgres" },
       { name = "METRICS_ENABLED", value = "true" },
       { name = "SHUTDOWN_DRAIN_SECONDS", value = tostring(local.drain_seconds) },
+      { name = "KEEP_ALIVE_SECONDS", value = tostring(local.keep_alive_seconds) },
     ], [for key in sort(keys(var.environment)) : { name = key, value = var.environment[key] }])
     secrets = local.secrets
     mountPoints = [

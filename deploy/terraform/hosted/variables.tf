@@ -111,7 +111,7 @@ variable "environment" {
   validation {
     condition = length(setintersection(keys(var.environment), [
       "MODEL_NAME", "MODEL_PATH", "MAX_WORKERS", "HF_HOME", "TMPDIR", "HOSTED", "CACHE_BACKEND", "METRICS_ENABLED",
-      "SHUTDOWN_DRAIN_SECONDS", "JWT_SECRET", "ENCRYPTION_KEY", "DATABASE_URL", "REDIS_URL", "METRICS_KEY", "CACHE_URL",
+      "SHUTDOWN_DRAIN_SECONDS", "KEEP_ALIVE_SECONDS", "JWT_SECRET", "ENCRYPTION_KEY", "DATABASE_URL", "REDIS_URL", "METRICS_KEY", "CACHE_URL",
       "EMBEDDING_API_KEY", "PEOPLEPAD_CLIENT_KEY", "TENANT_API_KEYS", "HF_TOKEN", "PORT", "HOST",
     ])) == 0
     error_message = "environment may not set what this module sets (model, paths, hosted mode, drain) nor any secret: secrets come from Secrets Manager."
@@ -259,6 +259,17 @@ variable "redis_snapshot_retention_days" {
   description = "Days of daily Redis snapshots."
   type        = number
   default     = 7
+}
+
+variable "redis_auth_token_update_strategy" {
+  description = "How a new Redis auth token is applied: ROTATE (the old one stays accepted beside it, so running tasks keep working), then SET once every task uses the new one (drops the old)."
+  type        = string
+  default     = "ROTATE"
+
+  validation {
+    condition     = contains(["ROTATE", "SET"], var.redis_auth_token_update_strategy)
+    error_message = "redis_auth_token_update_strategy must be ROTATE or SET."
+  }
 }
 
 variable "apply_immediately" {

@@ -186,6 +186,7 @@ run "task_definition" {
       "CACHE_BACKEND=postgres",
       "MAX_INPUT_LENGTH=8192",
       "SHUTDOWN_DRAIN_SECONDS=8",
+      "KEEP_ALIVE_SECONDS=75",
     ], [for e in jsondecode(aws_ecs_task_definition.this.container_definitions)[0].environment : "${e.name}=${e.value}"])) == 0
     error_message = "hosted mode with mpnet, one worker, metrics, the postgres cache and an 8 s drain"
   }
@@ -293,6 +294,12 @@ run "internal_load_balancer" {
   assert {
     condition     = toset(aws_lb.this.subnets) == toset(var.private_subnet_ids) && aws_lb.this.security_groups == toset([aws_security_group.alb.id])
     error_message = "the load balancer lives in the private subnets, behind its own security group"
+  }
+
+  assert {
+    # a connection the ALB reuses must still be open at the task (else the ALB answers 502)
+    condition     = aws_lb.this.idle_timeout > 10 && one([for e in jsondecode(aws_ecs_task_definition.this.container_definitions)[0].environment : tonumber(e.value) if e.name == "KEEP_ALIVE_SECONDS"]) > aws_lb.this.idle_timeout
+    error_message = "the ALB's idle timeout must exceed TIMEOUT_SECONDS and stay below the tasks' KEEP_ALIVE_SECONDS"
   }
 
   assert {
@@ -512,8 +519,8 @@ run "redis" {
   }
 
   assert {
-    condition     = length(aws_elasticache_replication_group.this.auth_token) >= 32
-    error_message = "Redis requires an auth token"
+    condition     = length(aws_elasticache_replication_group.this.auth_token) >= 32 && aws_elasticache_replication_group.this.auth_token_update_strategy == "ROTATE"
+    error_message = "Redis requires an auth token; a new one is rotated in beside the old one"
   }
 
   assert {
