@@ -163,6 +163,7 @@ class DynamicBatchingScheduler:
         self._throughput = _Throughput()
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self._abandoned_with: Exception | None = None  # once abandon_all() ran: what every later request gets
         # a failing backend is one ERROR (with its traceback) per failure streak and one line when it answers again
         self._outage = OutageLog(f"embedding backend ({model or 'model'})", level=logging.ERROR, traceback=True)
 
@@ -177,6 +178,7 @@ class DynamicBatchingScheduler:
     async def run(self, embedder: Embedder, texts: Sequence[EmbedInput], arrived: float | None = None) -> Vectors:
         if not texts:
             raise ValueError("nothing to embed")
+        self._refuse_if_abandoned()
         arrived = time.monotonic() if arrived is None else arrived
         floor = _fewest_tokens(texts, embedder.info.spec.max_seq_length)
         self._admit(len(texts), floor, arrived)  # refuse early, without tokenizing
@@ -187,6 +189,7 @@ class DynamicBatchingScheduler:
         finally:
             self._reserved_texts -= len(texts)
             self._reserved_tokens -= floor
+        self._refuse_if_abandoned()  # it was being tokenized when the drain ran out
         self._admit(len(texts), sum(tokens), arrived)
         self._start()
         loop = asyncio.get_running_loop()
@@ -269,7 +272,10 @@ class DynamicBatchingScheduler:
 
     def abandon_all(self, error: Exception) -> int:
         """Answer every request still queued or running with `error` now (a drain that ran out of time: its callers
-        get a clear answer, not a cut connection); their texts not yet started are dropped. Event loop only."""
+        get a clear answer, not a cut connection); their texts not yet started are dropped. Requests that reach the
+        queue later (being tokenized now, or still on their way: key lookups, the cache) get `error` too, at once.
+        Event loop only."""
+        self._abandoned_with = error
         abandoned = 0
         for job in list(self._active):
             job.failed = True  # its items are dropped (run() resets `abandoned` once its future is done)
@@ -278,6 +284,10 @@ class DynamicBatchingScheduler:
                 abandoned += 1
         self._wakeup.set()
         return abandoned
+
+    def _refuse_if_abandoned(self) -> None:
+        if self._abandoned_with is not None:
+            raise self._abandoned_with.with_traceback(None)  # no traceback gathered across callers
 
     def shutdown(self) -> None:
         self._closed = True

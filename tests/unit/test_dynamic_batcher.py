@@ -591,3 +591,36 @@ def test_abandoning_answers_every_waiting_request_at_once_and_computes_none_of_t
             scheduler.shutdown()
 
     asyncio.run(scenario())
+
+
+class SlowCountingEmbedder(RecordingEmbedder):
+    def token_counts(self, texts: Sequence[str]) -> list[int]:  # type: ignore[override]
+        time.sleep(0.3)
+        return super().token_counts(texts)
+
+
+def test_requests_reaching_the_queue_after_the_drain_ran_out_are_answered_too() -> None:
+    """A request still being tokenized when the drain runs out, or arriving after it, gets the error at once rather
+    than a connection cut when the server stops; none of its texts is computed."""
+    from domain.errors import ShuttingDown
+
+    async def scenario() -> None:
+        embedder = SlowCountingEmbedder()
+        scheduler = DynamicBatchingScheduler(timeout_s=60, max_queued_texts=1000)
+        try:
+            long_text = "word " * 1000  # over INLINE_COUNT_CHARS: counted in a thread, so the loop goes on
+            tokenizing = asyncio.create_task(scheduler.run(embedder, [long_text]))
+            await asyncio.sleep(0.1)
+            assert scheduler.abandon_all(ShuttingDown()) == 0  # nothing queued yet
+            started = time.monotonic()
+            with pytest.raises(ShuttingDown):
+                await tokenizing
+            assert time.monotonic() - started < 0.5  # when its counting ends, not at its deadline
+            with pytest.raises(ShuttingDown):
+                await scheduler.run(embedder, ["arriving later"])
+            await asyncio.sleep(0.1)
+            assert embedder.batches == []
+        finally:
+            scheduler.shutdown()
+
+    asyncio.run(scenario())
