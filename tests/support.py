@@ -192,8 +192,10 @@ def postgres_database() -> Iterator[str]:
 class TcpProxy:
     """A TCP relay to `target` on a fixed local port that a test can cut (every connection dropped, nothing
     accepted) and restore: a database going away and coming back, as the client sees it. It can also blackhole:
-    connections stay open and new ones are accepted, but nothing is forwarded (held until `resume`), as when a
-    network path stops delivering."""
+    connections stay open and new ones are accepted, but nothing is forwarded, as when a network path stops
+    delivering. What was sent into the blackhole is never delivered: when the path comes back (`resume`), those
+    connections are closed, as real ones are whose sender gave up meanwhile (the service aborts every database call
+    at its deadline). A relay that delivered it late would apply a transaction its client has counted as failed."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -248,7 +250,9 @@ class TcpProxy:
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
-                self._flowing.wait()
+                if not self._flowing.is_set():  # into the blackhole: dropped, and the connection with it
+                    self._flowing.wait()
+                    return
                 sink.sendall(data)
         except OSError:
             pass
