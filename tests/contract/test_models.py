@@ -5,6 +5,7 @@ entry's Matryoshka sizes are what `dimensions` may ask for."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import threading
@@ -110,10 +111,18 @@ def test_metadata_models_and_health_list_every_served_model(two_models: TestClie
 
 
 def test_health_is_ready_only_once_every_model_is() -> None:
+    loaded = threading.Event()  # the second model loads once the test has seen it loading
+
+    class HeldLoader(FakeEmbedderLoader):
+        def load(self) -> FakeEmbedder:
+            assert loaded.wait(60)
+            return super().load()
+
     app = create_app(fake_settings(models=BOTH))
-    app.state.container.loader_for.override(providers.Factory(FakeEmbedderLoader, load_delay_s=1.5))  # the second
+    app.state.container.loader_for.override(providers.Factory(HeldLoader))  # the second
     app.state.container.loader.override(providers.Object(FakeEmbedderLoader(MPNET)))  # the default: at once
-    with TestClient(app) as client:
+    with TestClient(app) as client, contextlib.ExitStack() as on_failure:
+        on_failure.callback(loaded.set)  # a failing assertion must not leave the loader waiting
         deadline = time.monotonic() + 1.0
         seen: set[tuple[str, ...]] = set()
         while time.monotonic() < deadline:
@@ -134,6 +143,7 @@ def test_health_is_ready_only_once_every_model_is() -> None:
             "loading",
             None,
         )
+        loaded.set()
         body = wait_ready(client)
         assert body["models"] == {MPNET.name: "ok", MINILM.name: "ok"}
         assert client.get("/metadata", headers=AUTH).json()["models"][1]["backend"] == "fake"
