@@ -5,6 +5,7 @@ SHUTDOWN_DRAIN_SECONDS; then the process stops."""
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -12,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import API_KEY, AUTH, MODEL_ROOT, ServerProcess, model_dir
+from entrypoints.http.app import create_app
+from tests.support import API_KEY, AUTH, MODEL_ROOT, ServerProcess, fake_settings, model_dir, uvicorn_app
 
 LONG_TEXTS = [f"Note {i}: " + "the harbour jazz night moved to the pier because of the rain " * 12 for i in range(100)]
 
@@ -104,3 +106,36 @@ def test_a_drain_of_zero_stops_at_once(tmp_path: Path, drain_s: float) -> None:
     server.process.wait(timeout=30)
     assert time.monotonic() - began < 5
     assert "draining" not in server.log()
+
+
+def post_large_body_slowly(port: int, size: int) -> bytes:
+    """A POST whose body arrives in 64 KiB pieces; everything the server answers, or the error that ended it."""
+    head = (
+        f"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+    ).encode()
+    body = b'{"input": "' + b"x" * (size - 13) + b'"}'
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:
+            sock.sendall(head)
+            for start in range(0, size, 65536):
+                sock.sendall(body[start : start + 65536])
+                time.sleep(0.005)
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except OSError as exc:
+            return answer + f" [{type(exc).__name__}]".encode()
+    return answer
+
+
+def test_a_draining_server_reads_a_large_body_before_answering_503(tmp_path: Path) -> None:
+    """Answered before the body is read, a draining server's 503 would reach a client still sending as a reset
+    (the connection closes with data unread); it reads (and drops) the body first, for up to a second."""
+    app = create_app(fake_settings())
+    with uvicorn_app(app) as (_, port):
+        app.state.drain.start()  # as SIGTERM does; this server keeps running, answering 503
+        for _ in range(3):
+            answer = post_large_body_slowly(port, 1_000_000)
+            assert answer.startswith(b"HTTP/1.1 503"), answer[-200:]
+            assert b'"shutting_down"' in answer and b"connection: close" in answer.lower()

@@ -4,6 +4,7 @@ client disconnects, access logging, and request metrics."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -193,6 +194,7 @@ class Draining:
             await self.app(scope, receive, send)
             return
         if self.drain.draining:
+            await _discard_body(receive, DRAINING_BODY_READ_S)
             await domain_error_response(ShuttingDown(), scope=scope)(scope, receive, send)
             return
         self.drain.in_flight += 1
@@ -200,6 +202,20 @@ class Draining:
             await self.app(scope, receive, send)
         finally:
             self.drain.in_flight -= 1
+
+
+DRAINING_BODY_READ_S = 1.0
+
+
+async def _discard_body(receive: Receive, within_s: float) -> None:
+    """Read what the client is still sending, and drop it, for at most `within_s`: an answer sent while the client
+    is still sending, on a connection then closed, would reach it as a reset, not as the answer."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within_s):
+            while True:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
 
 
 class DrainState:
