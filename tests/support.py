@@ -334,3 +334,31 @@ def tls_server(
         server.provider.release.set()
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def redis_server(port: int, *options: str, password: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """A redis-server of its own on `port` (with `options`, e.g. an append-only file), ready to answer; killed
+    afterwards (a test may kill it before, and start another on the same port)."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    arguments = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", *options]
+    if password:
+        arguments += ["--requirepass", password]
+    server = subprocess.Popen(["redis-server", *arguments], stdout=subprocess.DEVNULL)
+    try:
+        with redis.Redis(port=port, password=password, retry=Retry(NoBackoff(), 0)) as client:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    assert time.monotonic() < deadline and server.poll() is None, "redis-server did not start"
+                    time.sleep(0.01)
+        yield server
+    finally:
+        server.kill()
+        server.wait()

@@ -15,14 +15,12 @@ from dataclasses import replace
 
 import pytest
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from adapters.rate_limiting import InMemoryRateLimiter, RedisRateLimiter
 from adapters.resilience import FailoverRateLimiter
 from domain.model import Admission, Charge, WindowState
 from domain.ports import RateLimiter
-from tests.support import free_port
+from tests.support import free_port, redis_server
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 DAY_START = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
@@ -256,29 +254,6 @@ def test_concurrent_hits_from_processes_never_overshoot() -> None:
         with redis.Redis.from_url(REDIS_URL) as client:
             assert used(RedisRateLimiter(client, prefix), per_day(limit=500)) == 500 // 7 * 7
     assert sum(int(output) for output in outputs) == 500 // 7
-
-
-@contextmanager
-def redis_server(port: int, password: str | None = None) -> Iterator[None]:
-    """A redis-server of its own on `port`, ready to answer; killed afterwards."""
-    arguments = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    server = subprocess.Popen(
-        ["redis-server", *arguments, *(["--requirepass", password] if password else [])], stdout=subprocess.DEVNULL
-    )
-    try:
-        with redis.Redis(port=port, password=password, retry=Retry(NoBackoff(), 0)) as client:
-            deadline = time.monotonic() + 5
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    assert time.monotonic() < deadline and server.poll() is None, "redis-server did not start"
-                    time.sleep(0.01)
-        yield
-    finally:
-        server.kill()
-        server.wait()
 
 
 def counter(port: int, limiter: RedisRateLimiter, charge: Charge) -> int:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 import re
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from entrypoints.http.app import create_app
 from tests.contract.test_accounts_api import PASSWORD, bearer, hosted_settings, signup
 from tests.contract.test_byok import HOST, PROVIDER_KEY, FakeProvider, fake_provider, provider_vector, resolver_for
 from tests.contract.test_byok import Answer as ProviderAnswer
-from tests.support import TcpProxy, free_port, postgres_database, uvicorn_app
+from tests.support import TcpProxy, free_port, postgres_database, redis_server, uvicorn_app
 
 MODEL = "all-MiniLM-L6-v2"
 STATIC_KEY = "ops-key-0123456789abcdef"
@@ -217,29 +216,6 @@ def usage_in_database(url: str, account_id: str) -> tuple[int, int]:
 # 1. Redis killed (SIGKILL) and restored
 
 
-@contextmanager
-def redis_server(port: int, folder: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A redis-server of its own, persisting every write (appendfsync always) in `folder`, as a production Redis
-    with an append-only file; killed afterwards."""
-    arguments = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(folder)]
-    arguments += ["--appendonly", "yes", "--appendfsync", "always"]
-    server = subprocess.Popen(["redis-server", *arguments], stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        with redis.Redis(port=port) as client:
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    assert time.monotonic() < deadline and server.poll() is None, "redis-server did not start"
-                    time.sleep(0.02)
-        yield server
-    finally:
-        server.kill()
-        server.wait()
-
-
 def logins_meanwhile(base: str, email: str) -> list[tuple[int, str | None]]:
     """A wrong password, then the right one: (status, error type) of each."""
     found = []
@@ -259,9 +235,11 @@ def test_redis_killed_and_restored_under_load(tmp_path: Path, caplog: pytest.Log
     port = free_port()
     folder = tmp_path / "redis"
     folder.mkdir()
+    # every write persisted, as a production Redis with an append-only file
+    append_only = ("--dir", str(folder), "--appendonly", "yes", "--appendfsync", "always")
     with postgres_database() as url, caplog.at_level(logging.INFO), ExitStack() as stack:
         settings = hosted_settings(tmp_path, database_url=url, redis_url=f"redis://127.0.0.1:{port}/0", **LIMITS)
-        first = stack.enter_context(redis_server(port, folder))
+        first = stack.enter_context(redis_server(port, *append_only))
         restored = ExitStack()
         stack.enter_context(restored)  # outlives the server below, which stops first
         with uvicorn_app(create_app(settings)) as (base, _):
@@ -280,7 +258,7 @@ def test_redis_killed_and_restored_under_load(tmp_path: Path, caplog: pytest.Log
                 logins = logins_meanwhile(base, "redis-0@example.com")
                 load.during("down", 1.0)
                 load.begin("recovering")
-                restored.enter_context(redis_server(port, folder))  # the same append-only file
+                restored.enter_context(redis_server(port, *append_only))  # the same append-only file
                 load.until("recovering", lambda: bool(logged(caplog, "Redis recovered")))
                 load.during("after", 1.5)
             in_redis = [day_texts_in_redis(port, account_id) for account_id, _ in accounts]
