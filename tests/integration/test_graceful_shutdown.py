@@ -79,23 +79,37 @@ def test_sigterm_finishes_the_requests_in_flight_and_answers_new_ones_503(tmp_pa
     assert "draining (" in server.log() and "drained: no request in flight" in server.log()
 
 
-def test_the_drain_is_bounded_by_shutdown_drain_seconds(tmp_path: Path) -> None:
-    server = minilm_server(tmp_path, drain_s=0.5)
+@pytest.mark.parametrize(
+    ("drain_s", "second_sigterm_s", "logged"),
+    [
+        (0.5, None, "requests in flight after SHUTDOWN_DRAIN_SECONDS=0.5; stopping"),  # the bound runs out
+        (60.0, 0.5, "second SIGTERM: "),  # a second SIGTERM ends the drain at once
+    ],
+    ids=["bound", "second-sigterm"],
+)
+def test_the_drain_is_bounded_by_shutdown_drain_seconds_or_a_second_sigterm(
+    tmp_path: Path, drain_s: float, second_sigterm_s: float | None, logged: str
+) -> None:
+    server = minilm_server(tmp_path, drain_s=drain_s)
     threads, answers = send_in_background(server.base, 4)  # several seconds of work queued
     time.sleep(0.5)
     began = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
+    if second_sigterm_s is not None:
+        time.sleep(second_sigterm_s)
+        server.process.send_signal(signal.SIGTERM)
     server.process.wait(timeout=30)
     stopped_s = time.monotonic() - began
     for thread in threads:
         thread.join(timeout=30)
     # the drain, the server's own 1 s, the model call then running (its batcher waits for it, 5 s at most), slack
-    assert stopped_s < 0.5 + 1 + 5 + 3
-    log = "\n".join(server.lines)
-    assert "requests in flight after SHUTDOWN_DRAIN_SECONDS=0.5; stopping" in log, log
+    assert stopped_s < (second_sigterm_s or drain_s) + 1 + 5 + 3
     # those still waiting were answered 503 shutting_down (a retrying client goes elsewhere), none cut mid-answer
     assert len(answers) == 4 and (503, "shutting_down") in answers
-    assert set(answers) <= {(200, 100), (503, "shutting_down")}
+    assert set(answers) <= {(200, 100), (503, "shutting_down")}, answers
+    log = "\n".join(server.lines)
+    assert logged in log, log
+    assert "Traceback" not in log, log
 
 
 @pytest.mark.parametrize("drain_s", [0])

@@ -62,7 +62,8 @@ def drain_on_sigterm(drain: DrainState, limit_s: float, out_of_time: Callable[[]
     """On SIGTERM, drain before the server stops: new requests are answered 503 shutting_down (a load balancer's
     health check fails, a retrying client goes to another replica) while those in flight finish, for at most
     `limit_s` (SHUTDOWN_DRAIN_SECONDS); then `out_of_time` answers those still waiting for a model 503 too, and the
-    server's own handler stops it. A second SIGTERM stops it at once.
+    server's own handler stops it. A second SIGTERM ends the drain at once: those waiting are answered 503 now (not
+    cut when the server stops) and the server's handler stops it.
     Installed over the server's handler, in the main thread only (uvicorn's; not under a test client)."""
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is not threading.main_thread() or not callable(previous) or limit_s <= 0:
@@ -93,9 +94,15 @@ def drain_on_sigterm(drain: DrainState, limit_s: float, out_of_time: Callable[[]
         finishing.add(task)
         task.add_done_callback(finishing.discard)
 
+    def stop_now(sig: int, frame: FrameType | None) -> None:
+        try:
+            log.warning("second SIGTERM: %d requests still waiting answered 503; stopping now", out_of_time())
+        finally:
+            previous(sig, frame)
+
     def on_sigterm(sig: int, frame: FrameType | None) -> None:
         if drain.draining:
-            previous(sig, frame)
+            loop.call_soon_threadsafe(stop_now, sig, frame)  # on the loop: futures are set there only
             return
         drain.start()  # (no logging here, in the signal handler: the loop logs it)
         loop.call_soon_threadsafe(start, sig, frame)
