@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -187,6 +188,21 @@ def postgres_database() -> Iterator[str]:
     finally:
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def relayed_database() -> Iterator[tuple[str, str, TcpProxy]]:
+    """A new database on the real PostgreSQL server reached through a TcpProxy a test can cut or blackhole: yields
+    (its URL, its URL through the relay, the relay); afterwards the relay is let go and the database dropped."""
+    with postgres_database() as url:
+        parts = urlsplit(url)
+        proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+        proxy.start()
+        try:
+            yield url, parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}").geturl(), proxy
+        finally:
+            proxy.resume()
+            proxy.cut()
 
 
 class TcpProxy:

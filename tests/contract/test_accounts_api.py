@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import jwt
 import pytest
@@ -26,7 +25,15 @@ from domain.model import Tier
 from entrypoints import cli
 from entrypoints.http.app import create_app
 from entrypoints.settings import Settings
-from tests.support import API_KEY, ENCRYPTION_KEY, TcpProxy, fake_settings, free_port, postgres_database, wait_ready
+from tests.support import (
+    API_KEY,
+    ENCRYPTION_KEY,
+    fake_settings,
+    free_port,
+    postgres_database,
+    relayed_database,
+    wait_ready,
+)
 
 SECRET = "test-secret-" + "x" * 40
 PASSWORD = "correct horse battery"
@@ -510,25 +517,18 @@ def test_nul_characters_are_refused_like_any_other_wrong_value_on_postgres(
 def test_logins_while_the_database_is_down_are_not_counted_as_failures(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with postgres_database() as url:
-        parts = urlsplit(url)
-        proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
-        proxy.start()
-        relayed = parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}").geturl()
-        try:
-            with hosted(tmp_path, database_url=relayed, login_max_failures=2, cache_timeout_seconds=0.5) as client:
-                signup(client)
-                proxy.cut()
-                caplog.set_level(logging.INFO, logger="adapters.resilience")
-                for _ in range(4):
-                    down = client.post("/v1/auth/login", json={"email": "ada@example.com", "password": PASSWORD})
-                    assert down.status_code == 503 and down.json()["error"]["type"] == "accounts_unavailable"
-                proxy.start()
-                assert login(client)
-            outage = [r for r in caplog.records if "account database" in r.getMessage()]
-            assert [r.levelno for r in outage] == [logging.WARNING, logging.INFO]  # one per outage, the recovery
-        finally:
+    with relayed_database() as (_, relayed, proxy):
+        with hosted(tmp_path, database_url=relayed, login_max_failures=2, cache_timeout_seconds=0.5) as client:
+            signup(client)
             proxy.cut()
+            caplog.set_level(logging.INFO, logger="adapters.resilience")
+            for _ in range(4):
+                down = client.post("/v1/auth/login", json={"email": "ada@example.com", "password": PASSWORD})
+                assert down.status_code == 503 and down.json()["error"]["type"] == "accounts_unavailable"
+            proxy.start()
+            assert login(client)
+        outage = [r for r in caplog.records if "account database" in r.getMessage()]
+        assert [r.levelno for r in outage] == [logging.WARNING, logging.INFO]  # one per outage, the recovery
 
 
 def test_a_request_that_could_never_succeed_is_refused_for_what_it_is_before_the_quota(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from sqlalchemy import event, text
 from adapters.sql.cache import PostgresEmbeddingCache, SqliteEmbeddingCache
 from adapters.sql_deadlines import DeadlineExceeded
 from domain.model import CacheScope
-from tests.support import TcpProxy, postgres_database, run_together
+from tests.support import TcpProxy, postgres_database, relayed_database, run_together
 
 SCOPE = CacheScope("acme", "model@rev", "variant")
 TIMEOUT_S = 1.0
@@ -29,19 +28,14 @@ SLACK_S = 1.0  # scheduling noise on a loaded 2-core machine
 
 @contextmanager
 def relayed_cache(pool_size: int = 5) -> Iterator[tuple[PostgresEmbeddingCache, TcpProxy]]:
-    with postgres_database() as url:
-        parts = urlsplit(url)
-        proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
-        proxy.start()
-        relayed = parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}").geturl()
+    with relayed_database() as (_, relayed, proxy):
         cache = PostgresEmbeddingCache(relayed, timeout_s=TIMEOUT_S, pool_size=pool_size)
         cache.prepare()
         try:
             yield cache, proxy
         finally:
-            proxy.resume()
+            proxy.resume()  # (before closing: the pool's connections are closed over it)
             cache.close()
-            proxy.cut()
 
 
 def timed(call: Any, give_up_s: float = 10.0) -> tuple[float, BaseException | None]:

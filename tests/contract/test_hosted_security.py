@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx2
 import jwt
@@ -22,7 +22,14 @@ from fastapi.testclient import TestClient
 
 from domain.api_keys import looks_like_account_key, new_api_key, well_formed
 from entrypoints.http.app import create_app
-from tests.support import API_KEY, ENCRYPTION_KEY, TcpProxy, fake_settings, postgres_database, wait_ready
+from tests.support import (
+    API_KEY,
+    ENCRYPTION_KEY,
+    fake_settings,
+    postgres_database,
+    relayed_database,
+    wait_ready,
+)
 
 JWT_SECRET = "contract-test-jwt-secret-0123456789abcdef"
 PASSWORD = "correct horse battery staple"
@@ -274,41 +281,33 @@ def test_sql_injection_attempts_are_inert(kind: str, tmp_path: Path) -> None:
 
 
 def test_malformed_key_is_refused_without_a_database_lookup() -> None:
-    with postgres_database() as url:
-        parts = urlsplit(url)
-        proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
-        proxy.start()
-        relayed = parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}").geturl()
-        try:
-            with hosted_client(database_url=relayed, cache_timeout_seconds=0.5) as client:
-                key = signup(client, "owner@example.com")["api_key"]
-                assert embed(client, key).status_code == 200
-                malformed = key[:-1] + ("B" if key[-1] == "A" else "A")
-                unknown = new_api_key()
-                assert looks_like_account_key(malformed) and not well_formed(malformed) and well_formed(unknown)
+    with relayed_database() as (_, relayed, proxy):
+        with hosted_client(database_url=relayed, cache_timeout_seconds=0.5) as client:
+            key = signup(client, "owner@example.com")["api_key"]
+            assert embed(client, key).status_code == 200
+            malformed = key[:-1] + ("B" if key[-1] == "A" else "A")
+            unknown = new_api_key()
+            assert looks_like_account_key(malformed) and not well_formed(malformed) and well_formed(unknown)
 
-                proxy.cut()
-                try:
-                    assert_refused(embed(client, malformed), UNAUTHENTICATED)
-                    for credential in (unknown, key):
-                        down = embed(client, credential)
-                        assert (down.status_code, down.headers["retry-after"], down.json()) == (
-                            503,
-                            "5",
-                            ACCOUNTS_UNAVAILABLE,
-                        )
-                    started = time.monotonic()
-                    assert_refused(embed(client, malformed), UNAUTHENTICATED)
-                    assert time.monotonic() - started < 0.5
-                finally:
-                    proxy.start()
-
-                deadline = time.monotonic() + 10
-                while (back := embed(client, unknown)).status_code == 503 and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                assert_refused(back, UNAUTHENTICATED)
-                assert embed(client, key).status_code == 200
-                assert_refused(embed(client, malformed), UNAUTHENTICATED)
-        finally:
-            proxy.resume()
             proxy.cut()
+            try:
+                assert_refused(embed(client, malformed), UNAUTHENTICATED)
+                for credential in (unknown, key):
+                    down = embed(client, credential)
+                    assert (down.status_code, down.headers["retry-after"], down.json()) == (
+                        503,
+                        "5",
+                        ACCOUNTS_UNAVAILABLE,
+                    )
+                started = time.monotonic()
+                assert_refused(embed(client, malformed), UNAUTHENTICATED)
+                assert time.monotonic() - started < 0.5
+            finally:
+                proxy.start()
+
+            deadline = time.monotonic() + 10
+            while (back := embed(client, unknown)).status_code == 503 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert_refused(back, UNAUTHENTICATED)
+            assert embed(client, key).status_code == 200
+            assert_refused(embed(client, malformed), UNAUTHENTICATED)

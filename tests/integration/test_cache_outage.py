@@ -9,13 +9,12 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from entrypoints.http.app import create_app
-from tests.support import TcpProxy, fake_settings, postgres_database, uvicorn_app
+from tests.support import TcpProxy, fake_settings, relayed_database, uvicorn_app
 
 KEY = "acme-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -38,11 +37,7 @@ def wait_until_the_cache_is_back(base: str, within_s: float = 10) -> None:
 @contextmanager
 def server_behind_a_relay() -> Iterator[tuple[str, TcpProxy]]:
     """A real server whose PostgreSQL cache (1 s timeout, retried every 0.5 s) is reached through a relay."""
-    with postgres_database() as url:
-        parts = urlsplit(url)
-        proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
-        proxy.start()
-        through_proxy = parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}").geturl()
+    with relayed_database() as (_, through_proxy, proxy):
         settings = fake_settings(
             cache_backend="postgres",
             cache_url=through_proxy,
@@ -50,12 +45,8 @@ def server_behind_a_relay() -> Iterator[tuple[str, TcpProxy]]:
             cache_timeout_seconds=1,
             cache_retry_seconds=0.5,
         )
-        try:
-            with uvicorn_app(create_app(settings)) as (base, _):
-                yield base, proxy
-        finally:
-            proxy.resume()
-            proxy.cut()
+        with uvicorn_app(create_app(settings)) as (base, _):
+            yield base, proxy
 
 
 def test_requests_go_on_while_the_database_is_down(caplog: pytest.LogCaptureFixture) -> None:

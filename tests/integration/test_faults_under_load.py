@@ -16,7 +16,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -31,9 +30,17 @@ from adapters.providers import ProviderClient, RemoteProviders
 from domain.model import EmbedInput, ModelSpec, Tier, Vectors, resolve_model
 from entrypoints.http.app import create_app
 from tests.contract.test_accounts_api import PASSWORD, bearer, hosted_settings, signup
-from tests.contract.test_byok import HOST, PROVIDER_KEY, FakeProvider, fake_provider, provider_vector, resolver_for
+from tests.contract.test_byok import (
+    HOST,
+    PROVIDER_KEY,
+    FakeProvider,
+    fake_provider,
+    provider_vector,
+    register,
+    resolver_for,
+)
 from tests.contract.test_byok import Answer as ProviderAnswer
-from tests.support import TcpProxy, free_port, postgres_database, redis_server, uvicorn_app
+from tests.support import free_port, postgres_database, redis_server, relayed_database, uvicorn_app
 
 MODEL = "all-MiniLM-L6-v2"
 STATIC_KEY = "ops-key-0123456789abcdef"
@@ -328,41 +335,33 @@ def recovered(load: Load, caller: str, phase: str) -> Callable[[], bool]:
 
 
 def test_postgres_refused_blackholed_and_restored_under_load(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with postgres_database() as url, caplog.at_level(logging.INFO):
-        parts = urlsplit(url)
-        proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
-        proxy.start()
-        through_proxy = parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}").geturl()
+    with relayed_database() as (url, through_proxy, proxy), caplog.at_level(logging.INFO):
         settings = hosted_settings(
             tmp_path, database_url=through_proxy, cache_timeout_seconds=1, usage_flush_seconds=0.5, **LIMITS
         )
-        try:
-            with uvicorn_app(create_app(settings)) as (base, _):
-                accounts = [sign_up(base, f"pg-{i}@example.com") for i in range(2)]
-                load = Load(base)
-                load.caller("a0", accounts[0][1])
-                load.caller("a0b", accounts[0][1])
-                load.caller("a1", accounts[1][1])
-                load.caller("ops", STATIC_KEY)
-                with load, Signups(base, load) as signups:
-                    load.during("before", 1.5)
-                    load.begin("refused")
-                    proxy.cut()
-                    load.during("refused", 2.0)
-                    load.begin("recovering")
-                    proxy.start()
-                    load.until("recovering", recovered(load, "a1", "recovering"))
-                    load.during("between", 1.0)
-                    load.begin("blackholed")
-                    proxy.blackhole()
-                    load.during("blackholed", 2.5)
-                    load.begin("recovering again")
-                    proxy.resume()
-                    load.until("recovering again", recovered(load, "a1", "recovering again"))
-                    load.during("after", 1.5)
-        finally:
-            proxy.resume()
-            proxy.cut()
+        with uvicorn_app(create_app(settings)) as (base, _):
+            accounts = [sign_up(base, f"pg-{i}@example.com") for i in range(2)]
+            load = Load(base)
+            load.caller("a0", accounts[0][1])
+            load.caller("a0b", accounts[0][1])
+            load.caller("a1", accounts[1][1])
+            load.caller("ops", STATIC_KEY)
+            with load, Signups(base, load) as signups:
+                load.during("before", 1.5)
+                load.begin("refused")
+                proxy.cut()
+                load.during("refused", 2.0)
+                load.begin("recovering")
+                proxy.start()
+                load.until("recovering", recovered(load, "a1", "recovering"))
+                load.during("between", 1.0)
+                load.begin("blackholed")
+                proxy.blackhole()
+                load.during("blackholed", 2.5)
+                load.begin("recovering again")
+                proxy.resume()
+                load.until("recovering again", recovered(load, "a1", "recovering again"))
+                load.during("after", 1.5)
         # the server has stopped: the usage it buffered while the database was away is written now
         ledger = [usage_in_database(url, account_id) for account_id, _ in accounts]
         with psycopg.connect(url) as connection:
@@ -529,7 +528,8 @@ def test_a_hanging_byok_provider_under_load(tmp_path: Path, caplog: pytest.LogCa
             free = sign_up(base, "free@example.com")
             paid = sign_up(base, "paid@example.com")
             container.set_tier().execute("paid@example.com", Tier.PAID)
-            register_provider(base, free[1], provider)
+            with httpx.Client(base_url=base, timeout=30) as http:
+                register(http, free[1], provider)  # type: ignore[arg-type]
             load = Load(base)
             load.caller("free", free[1])
             load.caller("free2", free[1])
@@ -594,15 +594,3 @@ def hang(provider: FakeProvider) -> None:
 def answer_again(provider: FakeProvider) -> None:
     provider.plan.clear()
     provider.release.set()
-
-
-def register_provider(base: str, key: str, provider: FakeProvider) -> None:
-    body = {
-        "name": "openai",
-        "endpoint": provider.url(),
-        "api_key": PROVIDER_KEY,
-        "request_template": '{"model": "text-embedding-3-small", "input": $TEXTS}',
-        "response_path": "$.data[*].embedding",
-    }
-    response = httpx.post(f"{base}/v1/provider", json=body, headers=bearer(key), timeout=30)
-    assert response.status_code == 201, response.text
