@@ -72,16 +72,12 @@ def document_limits(
     on OpenAI's request the effective OPENAI_MAX_INPUTS (no empty input there), and the names `model` may take (the
     served models' short names and hub ids) and `dimensions` (their full sizes and Matryoshka sizes)."""
     schemas = openapi["components"]["schemas"]
-    asked = schemas.get("EmbeddingsRequest", {}).get("properties", {}).get("dimensions") if dimensions else None
-    for shape in asked.get("anyOf", [asked]) if isinstance(asked, dict) else ():
-        if shape.get("type") == "integer":
-            shape["enum"] = sorted(set(dimensions))
-    requests = [schema for name, schema in schemas.items() if name.endswith("Request")]  # not answers: usage rows
-    for schema in requests:
-        model = schema.get("properties", {}).get("model") if model_names else None
-        for shape in model.get("anyOf", [model]) if isinstance(model, dict) else ():
-            if shape.get("type") == "string" and "enum" not in shape:
-                shape["enum"] = list(model_names)
+    if dimensions:
+        asked = schemas.get("EmbeddingsRequest", {}).get("properties", {}).get("dimensions")
+        _enumerate(asked, "integer", sorted(set(dimensions)))
+    for name, schema in schemas.items() if model_names else ():
+        if name.endswith("Request"):  # not answers: a usage row names a provider, or a model no longer served
+            _enumerate(schema.get("properties", {}).get("model"), "string", list(model_names))
     for name, field in _LIST_FIELDS:
         schemas[name]["properties"][field]["maxItems"] = max_batch_size
     for name, field, is_list in _TEXT_FIELDS:
@@ -91,6 +87,14 @@ def document_limits(
         prop = schemas["EmbeddingsRequest"]["properties"]["input"]
         _document_openai_input(prop, openai_max_inputs, max_input_length, token_ids)
     return openapi
+
+
+def _enumerate(prop: Any, json_type: str, values: list[Any]) -> None:
+    """Give the `json_type` shape of a property (the property itself, or one of its anyOf) the values it may take,
+    unless it lists them already."""
+    for shape in prop.get("anyOf", [prop]) if isinstance(prop, dict) else ():
+        if shape.get("type") == json_type and "enum" not in shape:
+            shape["enum"] = values
 
 
 @dataclass(frozen=True)
