@@ -113,6 +113,19 @@ def wait_http_ready(process: subprocess.Popen[str] | None, port: int, timeout_s:
         time.sleep(0.1)
 
 
+def hosted_env(**overrides: str) -> dict[str, str]:
+    """A server process's environment in hosted mode: the free tier on this server's model, cheap password hashes;
+    `overrides` add the rest (DATABASE_URL, REDIS_URL, limits)."""
+    return {
+        "HOSTED": "true",
+        "JWT_SECRET": "hosted-process-jwt-secret-" + "x" * 40,
+        "ENCRYPTION_KEY": ENCRYPTION_KEY,
+        "FREE_TIER_COMPUTE": "local",
+        "BCRYPT_ROUNDS": "4",
+        **overrides,
+    }
+
+
 class ServerProcess:
     """One `embedding-service serve` process on a free port, whose output is read as it comes (a full pipe would
     block it) and shown when it does not become ready; `stop` sends SIGTERM and waits for the exit."""

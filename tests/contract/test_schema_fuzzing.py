@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import API_KEY, ENCRYPTION_KEY, ServerProcess
+from tests.support import API_KEY, ServerProcess, hosted_env
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "tests" / "fuzz" / "schemathesis.toml"
@@ -29,19 +29,14 @@ PROVIDER = "^/v1/provider$"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("fuzz")
-    env = {
-        "HOSTED": "true",
-        "JWT_SECRET": "fuzzing-secret-" + "x" * 40,
-        "ENCRYPTION_KEY": ENCRYPTION_KEY,
-        "EMBEDDING_API_KEY": API_KEY,
-        "FREE_TIER_COMPUTE": "local",
-        "BCRYPT_ROUNDS": "4",
-        "DATA_DIR": str(folder / "data"),
-        "CACHE_BACKEND": "memory",
-        "FREE_TIER_DAILY_LIMIT": "100000",
-        "FREE_TIER_PER_MINUTE": "100000",
-        "LOGIN_MAX_FAILURES": "100000",
-    }
+    env = hosted_env(
+        EMBEDDING_API_KEY=API_KEY,
+        DATA_DIR=str(folder / "data"),
+        CACHE_BACKEND="memory",
+        FREE_TIER_DAILY_LIMIT="100000",
+        FREE_TIER_PER_MINUTE="100000",
+        LOGIN_MAX_FAILURES="100000",
+    )
     process = ServerProcess(env, folder)
     try:
         process.wait_ready()

@@ -14,26 +14,17 @@ from typing import Any
 
 import httpx
 
-from tests.support import ENCRYPTION_KEY, postgres_database
 from tests.support import ServerProcess as Server
+from tests.support import hosted_env, postgres_database
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-JWT_SECRET = "integration-test-jwt-secret-0123456789abcdef"
 PASSWORD = "correct horse battery staple"
 
 
-def hosted_env(database_url: str, **overrides: str) -> dict[str, str]:
-    return {
-        "HOSTED": "true",
-        "JWT_SECRET": JWT_SECRET,
-        "ENCRYPTION_KEY": ENCRYPTION_KEY,
-        "FREE_TIER_COMPUTE": "local",
-        "DATABASE_URL": database_url,
-        "REDIS_URL": REDIS_URL,
-        "BCRYPT_ROUNDS": "4",
-        "USAGE_FLUSH_SECONDS": "0.5",
-        **overrides,
-    }
+def database_env(database_url: str, **overrides: str) -> dict[str, str]:
+    return hosted_env(
+        **{"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "USAGE_FLUSH_SECONDS": "0.5", **overrides}
+    )
 
 
 @contextmanager
@@ -80,7 +71,7 @@ def usage_totals(base: str, credential: str) -> dict[str, Any]:
 
 def test_two_processes_share_one_daily_limit(tmp_path: Path) -> None:
     with postgres_database() as database_url:
-        env = hosted_env(database_url, FREE_TIER_DAILY_LIMIT="500", FREE_TIER_PER_MINUTE="100000")
+        env = database_env(database_url, FREE_TIER_DAILY_LIMIT="500", FREE_TIER_PER_MINUTE="100000")
         with servers(env, tmp_path, 2) as (first, second):
             email, api_key = sign_up(first.base)
             run = uuid.uuid4().hex
@@ -110,7 +101,7 @@ def test_two_processes_share_one_daily_limit(tmp_path: Path) -> None:
 
 
 def test_a_key_revoked_through_one_process_is_refused_by_the_other(tmp_path: Path) -> None:
-    with postgres_database() as database_url, servers(hosted_env(database_url), tmp_path, 2) as (first, second):
+    with postgres_database() as database_url, servers(database_env(database_url), tmp_path, 2) as (first, second):
         email, first_key = sign_up(first.base)
         token = log_in(first.base, email)
         created = httpx.post(f"{first.base}/v1/keys", headers=bearer(token), timeout=30)
@@ -130,7 +121,7 @@ def test_a_key_revoked_through_one_process_is_refused_by_the_other(tmp_path: Pat
 
 def test_sigterm_writes_buffered_usage(tmp_path: Path) -> None:
     with postgres_database() as database_url:
-        env = hosted_env(database_url, USAGE_FLUSH_SECONDS="3600")
+        env = database_env(database_url, USAGE_FLUSH_SECONDS="3600")
         with servers(env, tmp_path, 1) as (server,):
             _, api_key = sign_up(server.base)
             for texts in (["one"], ["two", "three"], ["four", "five", "six"]):

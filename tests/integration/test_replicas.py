@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import ENCRYPTION_KEY, MODEL_ROOT, ServerProcess, free_port, postgres_database
+from tests.support import MODEL_ROOT, ServerProcess, free_port, hosted_env, postgres_database
 
 ROOT = Path(__file__).resolve().parents[2]
 HAPROXY_CONFIG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
@@ -48,20 +48,15 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
     """Two replicas and the balancer; the free tier's daily texts: the test's parameter, else plenty."""
     daily_limit = getattr(request, "param", 1_000_000)
     with postgres_database() as database:
-        env = {
-            "HOSTED": "true",
-            "JWT_SECRET": "replicas-secret-" + "x" * 40,
-            "ENCRYPTION_KEY": ENCRYPTION_KEY,
-            "DATABASE_URL": database,
-            "CACHE_BACKEND": "postgres",
-            "REDIS_URL": "redis://127.0.0.1:6379/0",
-            "FREE_TIER_COMPUTE": "local",
-            "FREE_TIER_DAILY_LIMIT": str(daily_limit),
-            "FREE_TIER_PER_MINUTE": "100000",
-            "BCRYPT_ROUNDS": "4",
-            "MODEL_PATH": str(MODEL_ROOT),
-            "SHUTDOWN_DRAIN_SECONDS": "5",
-        }
+        env = hosted_env(
+            DATABASE_URL=database,
+            CACHE_BACKEND="postgres",
+            REDIS_URL="redis://127.0.0.1:6379/0",
+            FREE_TIER_DAILY_LIMIT=str(daily_limit),
+            FREE_TIER_PER_MINUTE="100000",
+            MODEL_PATH=str(MODEL_ROOT),
+            SHUTDOWN_DRAIN_SECONDS="5",
+        )
         replicas = [ServerProcess({**env, "DATA_DIR": str(tmp_path / f"d{n}")}, tmp_path / f"r{n}") for n in (0, 1)]
         for replica in replicas:
             replica.wait_ready()
